@@ -1,0 +1,495 @@
+// The reduce -> head -> apply skeleton shared by every CPU op (GCT and SE, forward
+// and backward). An op supplies three small pieces:
+//
+//   Map    acc = map(in[0..NR))         summed over L per (n, c)        (stage 1)
+//   Head   per-sample O(C) math: sums -> NK per-(n, c) coefficients    (stage 2)
+//   Apply  out[0..NOut) = apply(in[0..NIn), coef[0..NK))               (stage 3)
+//
+// Map and Apply are templates over V = acc_t (scalar) or Vectorized<acc_t>, so one
+// definition serves the vector loop and the scalar tail.
+//
+// Layouts (chosen from the strides of every tensor taking part, never copied):
+//   kRowsAlongL  every tensor has contiguous L-rows per (n, c)   (NCHW and its slices)
+//   kRowsAlongC  every tensor has contiguous C-rows per (n, l)   (channels_last)
+//   kGeneric     anything else: scalar loops over spatial offset tables
+//
+// Samples are processed in chunks whose bytes fit in the last-level cache, so the
+// apply stage re-reads what the reduce stage just brought in from cache, not DRAM.
+// Work is split into tiles whose size depends only on the shape, and partial sums
+// are combined in tile order: results are bitwise identical for any thread count.
+#pragma once
+
+#include "vec_config.h"  // must precede every ATen header
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "../op_common.h"
+#include "gct_fused/macros.h"
+
+namespace gct_fused::cpu {
+
+using at::vec::Vectorized;
+
+template <typename scalar_t>
+using acc_type = at::opmath_type<scalar_t>;
+
+// ---------------------------------------------------------------------------
+// Element helpers usable with scalars and with Vectorized.
+template <typename T>
+inline T v_abs(T v) { return gf_abs(v); }
+template <typename T>
+inline Vectorized<T> v_abs(const Vectorized<T>& v) { return v.abs(); }
+
+template <typename T>
+inline T v_sign(T v) { return gf_sign(v); }
+template <typename T>
+inline Vectorized<T> v_sign(const Vectorized<T>& v) {
+  const Vectorized<T> zero(T(0));
+  return v.gt(zero) - v.lt(zero);
+}
+
+// 1 where v > 0, else 0 (the relu derivative, 0 at 0).
+template <typename T>
+inline T v_positive(T v) { return v > T(0) ? T(1) : T(0); }
+template <typename T>
+inline Vectorized<T> v_positive(const Vectorized<T>& v) { return v.gt(Vectorized<T>(T(0))); }
+
+// relu that keeps NaN, as torch.relu does.
+template <typename T>
+inline T v_relu(T v) { return v < T(0) ? T(0) : v; }
+template <typename T>
+inline Vectorized<T> v_relu(const Vectorized<T>& v) {
+  return at::vec::maximum(v, Vectorized<T>(T(0)));
+}
+
+// ---------------------------------------------------------------------------
+// Loads and stores Vectorized<scalar_t>::size() elements as kParts acc vectors
+// (1 for float/double, 2 for half/bfloat16, which widen to float).
+template <typename scalar_t>
+struct Lanes {
+  using acc_t = acc_type<scalar_t>;
+  using Vacc = Vectorized<acc_t>;
+  static constexpr int64_t kStep = Vectorized<scalar_t>::size();
+  static constexpr int kParts = static_cast<int>(kStep / Vacc::size());
+
+  static void load(const scalar_t* p, Vacc* out) {
+    if constexpr (kParts == 1) {
+      out[0] = Vacc::loadu(p);
+    } else {
+      auto wide = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p));
+      out[0] = std::get<0>(wide);
+      out[1] = std::get<1>(wide);
+    }
+  }
+  static void store(scalar_t* p, const Vacc* in) {
+    if constexpr (kParts == 1) {
+      in[0].store(p);
+    } else {
+      at::vec::convert_from_float<scalar_t>(in[0], in[1]).store(p);
+    }
+  }
+};
+
+// A tensor taking part in a pass, as its (N, C, L) strides. On the generic path
+// `offsets` holds the offset of every spatial index l.
+template <typename ptr_t>
+struct Stream {
+  ptr_t data = nullptr;
+  int64_t stride_n = 0, stride_c = 0, stride_l = 1;
+  const int64_t* offsets = nullptr;
+};
+
+enum class Path { kRowsAlongL, kRowsAlongC, kGeneric };
+
+// How a call is cut into chunks of samples and tiles. Depends on the shape and the
+// strides only, never on the number of threads.
+struct Plan {
+  Path path = Path::kGeneric;
+  int64_t n = 0, c = 0, l = 0;
+  int64_t tile_l = 1;   // L-extent of one tile
+  int64_t tiles_l = 1;  // tiles along L per (n, c) row or per sample
+  int64_t chunk_n = 1;  // samples per reduce -> head -> apply round
+  std::vector<std::vector<int64_t>> offset_tables;  // generic path: one per tensor
+
+  // Elements in one tile, and tiles per sample.
+  int64_t tile_elems() const { return path == Path::kRowsAlongC ? tile_l * c : tile_l; }
+  int64_t tiles_per_sample() const { return path == Path::kRowsAlongC ? tiles_l : c * tiles_l; }
+};
+
+// Budget for the bytes of one chunk's reduce inputs: they are re-read by the apply
+// stage, so they should stay in the (32 MB, shared) L3 of the machines we target.
+constexpr int64_t kChunkBytes = int64_t(8) << 20;
+// Longest L-run one tile reduces; longer rows are split so that few large rows
+// (e.g. GCT on a 3-channel image) still spread over threads.
+constexpr int64_t kMaxTileL = 32768;
+// Elements per C-row tile (channels_last).
+constexpr int64_t kTileElems = 16384;
+// Smallest amount of work worth a thread.
+constexpr int64_t kGrainElems = 32768;
+
+// Builds the plan for tensors described by `views`; `reduce_bytes_per_sample` is
+// the bytes per sample the reduce stage reads (what a chunk must keep in cache).
+inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_bytes_per_sample) {
+  Plan plan;
+  const ChannelView& v0 = views.front();
+  plan.n = v0.n;
+  plan.c = v0.c;
+  plan.l = v0.l;
+  bool along_l = true, along_c = true;
+  for (const auto& v : views) {
+    along_l = along_l && v.merged && v.stride_l == 1;
+    along_c = along_c && v.merged && v.stride_c == 1;
+  }
+  if (along_l && along_c) {
+    plan.path = plan.l >= plan.c ? Path::kRowsAlongL : Path::kRowsAlongC;
+  } else if (along_l) {
+    plan.path = Path::kRowsAlongL;
+  } else if (along_c) {
+    plan.path = Path::kRowsAlongC;
+  } else {
+    plan.path = Path::kGeneric;
+    for (const auto& v : views) {
+      std::vector<int64_t> table;
+      if (v.merged) {
+        table.resize(static_cast<size_t>(v.l));
+        for (int64_t i = 0; i < v.l; ++i) table[static_cast<size_t>(i)] = i * v.stride_l;
+      } else {
+        table = v.spatial_offsets();
+      }
+      plan.offset_tables.push_back(std::move(table));
+    }
+  }
+  if (plan.path == Path::kRowsAlongC) {
+    plan.tile_l = std::max<int64_t>(1, kTileElems / std::max<int64_t>(plan.c, 1));
+  } else {
+    plan.tile_l = std::max<int64_t>(1, std::min(plan.l, kMaxTileL));
+  }
+  plan.tiles_l = plan.l == 0 ? 0 : (plan.l + plan.tile_l - 1) / plan.tile_l;
+  plan.chunk_n = std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(reduce_bytes_per_sample, 1));
+  return plan;
+}
+
+template <typename ptr_t>
+Stream<ptr_t> make_stream(ptr_t data, const ChannelView& v, const Plan& plan, size_t table) {
+  Stream<ptr_t> s;
+  s.data = data;
+  s.stride_n = v.stride_n;
+  s.stride_c = v.stride_c;
+  s.stride_l = v.stride_l;
+  if (plan.path == Path::kGeneric) s.offsets = plan.offset_tables[table].data();
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Maps and applies used by more than one op.
+
+// Stage-1 maps.
+struct IdentityMap {  // sum x: SE squeeze, GCT l1 after relu
+  template <typename V> V operator()(const V* in) const { return in[0]; }
+};
+struct ProductMap {  // in = (dy, x): sum dy * x, every backward
+  template <typename V> V operator()(const V* in) const { return in[0] * in[1]; }
+};
+
+// Stage-3 apply of both forwards: y = coef * x.
+struct ScaleApply {
+  template <typename V> void operator()(const V* in, const V* cf, V* out) const {
+    out[0] = in[0] * cf[0];
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Row kernels.
+
+// Sum of map(in) over `len` contiguous elements: four vector accumulators, then a
+// fixed-order horizontal sum, then the scalar tail.
+template <typename scalar_t, size_t NR, typename Map>
+acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR>& in, int64_t len,
+                                     const Map& map) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  constexpr int kUnroll = 4;
+  Vacc acc[kUnroll][L::kParts];
+  for (auto& a : acc)
+    for (auto& p : a) p = Vacc(acc_t(0));
+  int64_t i = 0;
+  for (; i + kUnroll * L::kStep <= len; i += kUnroll * L::kStep) {
+    for (int u = 0; u < kUnroll; ++u) {
+      Vacc v[NR > 0 ? NR : 1][L::kParts];
+      for (size_t k = 0; k < NR; ++k) L::load(in[k] + i + u * L::kStep, v[k]);
+      for (int p = 0; p < L::kParts; ++p) {
+        Vacc args[NR > 0 ? NR : 1];
+        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+        acc[u][p] = acc[u][p] + map(args);
+      }
+    }
+  }
+  for (; i + L::kStep <= len; i += L::kStep) {
+    Vacc v[NR > 0 ? NR : 1][L::kParts];
+    for (size_t k = 0; k < NR; ++k) L::load(in[k] + i, v[k]);
+    for (int p = 0; p < L::kParts; ++p) {
+      Vacc args[NR > 0 ? NR : 1];
+      for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+      acc[0][p] = acc[0][p] + map(args);
+    }
+  }
+  Vacc total(acc_t(0));
+  for (int u = 0; u < kUnroll; ++u)
+    for (int p = 0; p < L::kParts; ++p) total = total + acc[u][p];
+  acc_t lanes[Vacc::size()];
+  total.store(lanes);
+  acc_t sum = 0;
+  for (int64_t j = 0; j < Vacc::size(); ++j) sum += lanes[j];
+  for (; i < len; ++i) {
+    acc_t args[NR > 0 ? NR : 1];
+    for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(in[k][i]);
+    sum += map(args);
+  }
+  return sum;
+}
+
+// partial[c] += map(in[c]) for c < len: one C-row of a channels_last tensor.
+template <typename scalar_t, size_t NR, typename Map>
+void accumulate_contiguous(const std::array<const scalar_t*, NR>& in, int64_t len,
+                           acc_type<scalar_t>* partial, const Map& map) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  int64_t i = 0;
+  for (; i + L::kStep <= len; i += L::kStep) {
+    Vacc v[NR > 0 ? NR : 1][L::kParts];
+    for (size_t k = 0; k < NR; ++k) L::load(in[k] + i, v[k]);
+    for (int p = 0; p < L::kParts; ++p) {
+      Vacc args[NR > 0 ? NR : 1];
+      for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+      acc_t* dst = partial + i + p * Vacc::size();
+      (Vacc::loadu(dst) + map(args)).store(dst);
+    }
+  }
+  for (; i < len; ++i) {
+    acc_t args[NR > 0 ? NR : 1];
+    for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(in[k][i]);
+    partial[i] += map(args);
+  }
+}
+
+// out[j][i] = apply(in[.][i], coef) over `len` contiguous elements. With
+// kCoefAlongRow the coefficients vary along the row (coef[k][i], channels_last);
+// otherwise they are one scalar per coefficient (coef[k][0], NCHW rows).
+template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, bool kCoefAlongRow, typename Apply>
+void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
+                      const std::array<scalar_t*, NOut>& out, int64_t len,
+                      const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  Vacc fixed[NK > 0 ? NK : 1];
+  if constexpr (!kCoefAlongRow) {
+    for (size_t k = 0; k < NK; ++k) fixed[k] = Vacc(coef[k][0]);
+  }
+  int64_t i = 0;
+  for (; i + L::kStep <= len; i += L::kStep) {
+    Vacc v[NIn][L::kParts];
+    Vacc r[NOut][L::kParts];
+    for (size_t k = 0; k < NIn; ++k) L::load(in[k] + i, v[k]);
+    for (int p = 0; p < L::kParts; ++p) {
+      Vacc args[NIn], cf[NK > 0 ? NK : 1], res[NOut];
+      for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
+      for (size_t k = 0; k < NK; ++k) {
+        cf[k] = kCoefAlongRow ? Vacc::loadu(coef[k] + i + p * Vacc::size()) : fixed[k];
+      }
+      apply(args, cf, res);
+      for (size_t j = 0; j < NOut; ++j) r[j][p] = res[j];
+    }
+    for (size_t j = 0; j < NOut; ++j) L::store(out[j] + i, r[j]);
+  }
+  for (; i < len; ++i) {
+    acc_t args[NIn], cf[NK > 0 ? NK : 1], res[NOut];
+    for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(in[k][i]);
+    for (size_t k = 0; k < NK; ++k) cf[k] = kCoefAlongRow ? coef[k][i] : coef[k][0];
+    apply(args, cf, res);
+    for (size_t j = 0; j < NOut; ++j) out[j][i] = static_cast<scalar_t>(res[j]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Stages over one chunk of samples [n0, n1).
+
+template <typename scalar_t, size_t NIn>
+using InStreams = std::array<Stream<const scalar_t*>, NIn>;
+template <typename scalar_t, size_t NOut>
+using OutStreams = std::array<Stream<scalar_t*>, NOut>;
+
+template <typename ptr_t>
+inline ptr_t row_ptr(const Stream<ptr_t>& s, int64_t n, int64_t c, int64_t l) {
+  return s.data + n * s.stride_n + c * s.stride_c + l * s.stride_l;
+}
+
+// Stage 1: sums[(n - n0) * C + c] = sum_l map(in[0..NR)(n, c, l)).
+template <typename scalar_t, size_t NR, size_t NIn, typename Map>
+void reduce_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n0, int64_t n1,
+                  acc_type<scalar_t>* sums, const Map& map) {
+  using acc_t = acc_type<scalar_t>;
+  static_assert(NR <= NIn, "reduce streams are the first NR inputs");
+  const int64_t C = plan.c, T = plan.tiles_l;
+  const int64_t per_sample = plan.tiles_per_sample();
+  const int64_t tiles = (n1 - n0) * per_sample;
+  if (plan.l == 0 || tiles == 0) {
+    std::fill(sums, sums + (n1 - n0) * C, acc_t(0));
+    return;
+  }
+  // One partial per tile (per tile and channel on C-rows), combined below in order.
+  const int64_t partial_width = plan.path == Path::kRowsAlongC ? C : 1;
+  std::vector<acc_t> partial(static_cast<size_t>(tiles * partial_width), acc_t(0));
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(plan.tile_elems(), 1));
+
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = n0 + t / per_sample;
+      const int64_t rest = t % per_sample;
+      acc_t* dst = partial.data() + t * partial_width;
+      if (plan.path == Path::kRowsAlongC) {
+        const int64_t l0 = rest * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
+        for (int64_t l = l0; l < l1; ++l) {
+          std::array<const scalar_t*, NR> rows;
+          for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, 0, l);
+          accumulate_contiguous<scalar_t, NR>(rows, C, dst, map);
+        }
+        continue;
+      }
+      const int64_t c = rest / T;
+      const int64_t l0 = (rest % T) * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
+      if (plan.path == Path::kRowsAlongL) {
+        std::array<const scalar_t*, NR> rows;
+        for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, c, l0);
+        *dst = reduce_contiguous<scalar_t, NR>(rows, l1 - l0, map);
+      } else {
+        acc_t sum = 0;
+        for (int64_t l = l0; l < l1; ++l) {
+          acc_t args[NR > 0 ? NR : 1];
+          for (size_t k = 0; k < NR; ++k) {
+            args[k] = static_cast<acc_t>(
+                in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
+          }
+          sum += map(args);
+        }
+        *dst = sum;
+      }
+    }
+  });
+
+  // Combine partials in tile order (fixed, thread-independent).
+  for (int64_t i = 0; i < n1 - n0; ++i) {
+    acc_t* out = sums + i * C;
+    if (plan.path == Path::kRowsAlongC) {
+      std::fill(out, out + C, acc_t(0));
+      for (int64_t t = 0; t < T; ++t) {
+        const acc_t* src = partial.data() + (i * T + t) * C;
+        for (int64_t c = 0; c < C; ++c) out[c] += src[c];
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t* src = partial.data() + (i * C + c) * T;
+        acc_t s = 0;
+        for (int64_t t = 0; t < T; ++t) s += src[t];
+        out[c] = s;
+      }
+    }
+  }
+}
+
+// Stage 3: out(n, c, l) = apply(in(n, c, l), coef[k][(n - n0) * C + c]).
+template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
+void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
+                 const OutStreams<scalar_t, NOut>& out, int64_t n0, int64_t n1,
+                 const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t C = plan.c, T = plan.tiles_l;
+  const int64_t per_sample = plan.tiles_per_sample();
+  const int64_t tiles = (n1 - n0) * per_sample;
+  if (plan.l == 0 || tiles == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(plan.tile_elems(), 1));
+
+  at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t i = t / per_sample, n = n0 + i;
+      const int64_t rest = t % per_sample;
+      if (plan.path == Path::kRowsAlongC) {
+        std::array<const acc_t*, NK> cf;
+        for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C;
+        const int64_t l0 = rest * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
+        for (int64_t l = l0; l < l1; ++l) {
+          std::array<const scalar_t*, NIn> src;
+          std::array<scalar_t*, NOut> dst;
+          for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, 0, l);
+          for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, 0, l);
+          apply_contiguous<scalar_t, NIn, NOut, NK, true>(src, dst, C, cf, apply);
+        }
+        continue;
+      }
+      const int64_t c = rest / T;
+      const int64_t l0 = (rest % T) * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
+      std::array<const acc_t*, NK> cf;
+      for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C + c;
+      if (plan.path == Path::kRowsAlongL) {
+        std::array<const scalar_t*, NIn> src;
+        std::array<scalar_t*, NOut> dst;
+        for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, c, l0);
+        for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, c, l0);
+        apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, l1 - l0, cf, apply);
+      } else {
+        acc_t fixed[NK > 0 ? NK : 1];
+        for (size_t k = 0; k < NK; ++k) fixed[k] = cf[k][0];
+        for (int64_t l = l0; l < l1; ++l) {
+          acc_t args[NIn], res[NOut];
+          for (size_t k = 0; k < NIn; ++k) {
+            args[k] = static_cast<acc_t>(
+                in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
+          }
+          apply(args, fixed, res);
+          for (size_t j = 0; j < NOut; ++j) {
+            out[j].data[n * out[j].stride_n + c * out[j].stride_c + out[j].offsets[l]] =
+                static_cast<scalar_t>(res[j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The whole skeleton (NR reduce streams, NK coefficients per (n, c)): for each chunk of samples, reduce, then
+// head(n0, n1, sums + n0 * C, coef) fills coef[k][(n - n0) * C + c], then apply.
+// `sums` (N x C) keeps every sample's reduction for the caller (saved statistics,
+// parameter gradients); the head may rewrite its chunk of it (e.g. sum -> mean).
+template <typename scalar_t, size_t NR, size_t NK, size_t NIn, size_t NOut, typename Map,
+          typename Head, typename Apply>
+void reduce_head_apply(const Plan& plan, const InStreams<scalar_t, NIn>& in,
+                       const OutStreams<scalar_t, NOut>& out, acc_type<scalar_t>* sums,
+                       const Map& map, const Head& head, const Apply& apply) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t C = plan.c;
+  const int64_t chunk = std::min(plan.chunk_n, std::max<int64_t>(plan.n, 1));
+  std::vector<acc_t> coef_storage(static_cast<size_t>(std::max<int64_t>(NK, 1) * chunk * C));
+  std::array<acc_t*, NK> coef;
+  std::array<const acc_t*, NK> coef_in;
+  for (size_t k = 0; k < NK; ++k) {
+    coef[k] = coef_storage.data() + k * chunk * C;
+    coef_in[k] = coef[k];
+  }
+  for (int64_t n0 = 0; n0 < plan.n; n0 += chunk) {
+    const int64_t n1 = std::min(plan.n, n0 + chunk);
+    reduce_stage<scalar_t, NR, NIn>(plan, in, n0, n1, sums + n0 * C, map);
+    head(n0, n1, sums + n0 * C, coef);
+    apply_stage<scalar_t, NIn, NOut, NK>(plan, in, out, n0, n1, coef_in, apply);
+  }
+}
+
+}  // namespace gct_fused::cpu

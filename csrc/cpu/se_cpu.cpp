@@ -1,0 +1,301 @@
+// Squeeze-and-Excitation forward and backward on CPU (and se_residual, the fused
+// relu(se(x) + identity) of SE-ResNet blocks): the skeleton of channel_skeleton.h
+// with the SE head, a two-layer MLP per sample. Activations and gates are in
+// gct_fused/pointwise.h.
+#include "channel_skeleton.h"  // first: selects the vector ISA
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "gct_fused/pointwise.h"
+#include "param_utils.h"
+
+namespace gct_fused::cpu {
+namespace {
+
+// The MLP of one SE call in the accumulation type. w1 is (R, C) and w2 (C, R),
+// row-major; absent biases are zeros.
+template <typename acc_t>
+struct SeMlp {
+  int64_t channels = 0, hidden = 0;
+  std::vector<acc_t> w1, b1, w2, b2;
+  Activation act;
+  Gate gate;
+
+  SeMlp(const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_, const at::Tensor& w2_,
+        const c10::optional<at::Tensor>& b2_, Activation act_, Gate gate_)
+      : channels(w1_.size(1)), hidden(w1_.size(0)), w1(to_acc_vector<acc_t>(w1_)),
+        w2(to_acc_vector<acc_t>(w2_)), act(act_), gate(gate_) {
+    b1 = b1_.has_value() ? to_acc_vector<acc_t>(*b1_) : std::vector<acc_t>(hidden, acc_t(0));
+    b2 = b2_.has_value() ? to_acc_vector<acc_t>(*b2_) : std::vector<acc_t>(channels, acc_t(0));
+  }
+
+  static acc_t dot(const acc_t* a, const acc_t* b, int64_t len) {
+    return reduce_contiguous<acc_t, 2>({a, b}, len, ProductMap{});
+  }
+
+  // p (C) -> u = W1 p + b1 (R), h = act(u) (R), o = W2 h + b2 (C), s = gate(o) (C).
+  void forward(const acc_t* p, acc_t* u, acc_t* h, acc_t* o, acc_t* s) const {
+    for (int64_t r = 0; r < hidden; ++r) {
+      u[r] = b1[r] + dot(w1.data() + r * channels, p, channels);
+      h[r] = activation_forward(act, u[r]);
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      o[c] = b2[c] + dot(w2.data() + c * hidden, h, hidden);
+      s[c] = gate_forward(gate, o[c]);
+    }
+  }
+
+  // From G = sum_l dy * x (C): d_o = G * gate'(o) (C), d_u = (W2^T d_o) * act'(u) (R),
+  // d_p = W1^T d_u (C). The transposed products accumulate rows in a fixed order.
+  void backward(const acc_t* grad_gate, const acc_t* u, const acc_t* o, acc_t* d_o, acc_t* d_u,
+                acc_t* d_p) const {
+    std::fill(d_u, d_u + hidden, acc_t(0));
+    for (int64_t c = 0; c < channels; ++c) {
+      d_o[c] = grad_gate[c] * gate_derivative(gate, o[c]);
+      const acc_t* row = w2.data() + c * hidden;
+      for (int64_t r = 0; r < hidden; ++r) d_u[r] += d_o[c] * row[r];
+    }
+    std::fill(d_p, d_p + channels, acc_t(0));
+    for (int64_t r = 0; r < hidden; ++r) {
+      d_u[r] *= activation_derivative(act, u[r]);
+      const acc_t* row = w1.data() + r * channels;
+      for (int64_t c = 0; c < channels; ++c) d_p[c] += d_u[r] * row[c];
+    }
+  }
+};
+
+// Scratch of one sample's head.
+template <typename acc_t>
+struct SeScratch {
+  std::vector<acc_t> u, h, o;
+  explicit SeScratch(const SeMlp<acc_t>& mlp) : u(mlp.hidden), h(mlp.hidden), o(mlp.channels) {}
+};
+
+template <int kEpilogue>  // y = epilogue(x * s + identity); in = (x, identity)
+struct ResidualApply {
+  template <typename V> void operator()(const V* in, const V* cf, V* out) const {
+    const V v = in[0] * cf[0] + in[1];
+    out[0] = kEpilogue == static_cast<int>(Epilogue::kReLU) ? v_relu(v) : v;
+  }
+};
+
+struct SeGradApply {  // in = (dy, x): dx = s * dy + d_p / L
+  template <typename V> void operator()(const V* in, const V* cf, V* out) const {
+    out[0] = in[0] * cf[0] + cf[1];
+  }
+};
+
+struct MaskedProductMap {  // in = (dy, x, y): sum dy * [y > 0] * x
+  template <typename V> V operator()(const V* in) const { return in[0] * v_positive(in[2]) * in[1]; }
+};
+
+struct ResidualGradApply {  // in = (dy, x, y): g = dy * [y > 0]; dx = s * g + d_p / L; di = g
+  template <typename V> void operator()(const V* in, const V* cf, V* out) const {
+    const V g = in[0] * v_positive(in[2]);
+    out[0] = g * cf[0] + cf[1];
+    out[1] = g;
+  }
+};
+
+// Forward of se and se_residual: inputs are (x) or (x, identity).
+template <size_t NIn, typename Apply>
+std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at::Tensor* identity,
+                                                   const at::Tensor& w1,
+                                                   const c10::optional<at::Tensor>& b1,
+                                                   const at::Tensor& w2,
+                                                   const c10::optional<at::Tensor>& b2,
+                                                   Activation act, Gate gate, const Apply& apply) {
+  at::Tensor y = at::empty_like(x);
+  at::Tensor pooled =
+      at::empty({x.size(0), x.size(1)}, x.options().dtype(accumulate_dtype(x.scalar_type())));
+  if (pooled.numel() == 0) return {y, pooled};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
+    std::vector<ChannelView> views{ChannelView::of(x)};
+    if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
+    views.push_back(ChannelView::of(y));
+    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+    InStreams<scalar_t, NIn> in;
+    in[0] = make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0);
+    if constexpr (NIn == 2) in[1] = make_stream(identity->const_data_ptr<scalar_t>(), views[1], plan, 1);
+    const OutStreams<scalar_t, 1> out{make_stream(y.data_ptr<scalar_t>(), views[NIn], plan, NIn)};
+    const int64_t C = plan.c;
+    const acc_t inv_l = plan.l > 0 ? acc_t(1) / static_cast<acc_t>(plan.l) : acc_t(0);
+
+    auto head = [&](int64_t n0, int64_t n1, acc_t* sums, std::array<acc_t*, 1>& coef) {
+      at::parallel_for(0, n1 - n0, 1, [&](int64_t begin, int64_t end) {
+        SeScratch<acc_t> t(mlp);
+        for (int64_t i = begin; i < end; ++i) {
+          acc_t* p = sums + i * C;  // sum -> mean, kept as the saved statistic
+          for (int64_t c = 0; c < C; ++c) p[c] *= inv_l;
+          mlp.forward(p, t.u.data(), t.h.data(), t.o.data(), coef[0] + i * C);
+        }
+      });
+    };
+    reduce_head_apply<scalar_t, 1, 1>(plan, in, out, pooled.data_ptr<acc_t>(), IdentityMap{}, head, apply);
+  });
+  return {y, pooled};
+}
+
+// Backward of se (NIn = 2: dy, x) and se_residual (NIn = 3: dy, x, y; NOut = 2).
+template <size_t NIn, size_t NOut, typename Map, typename Apply>
+std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn>& inputs,
+                                         const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                                         const at::Tensor& pooled, Activation act, Gate gate,
+                                         const Map& map, const Apply& apply) {
+  const at::Tensor& x = *inputs[1];
+  const int64_t N = x.size(0), C = x.size(1), R = w1.size(0);
+  std::vector<at::Tensor> grads_out;
+  for (size_t j = 0; j < NOut; ++j) grads_out.push_back(at::empty_like(x));
+  at::Tensor dw1, db1, dw2, db2;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
+    const at::Tensor p_all = pooled.contiguous();  // (N, C), tiny
+    const acc_t* p_data = p_all.const_data_ptr<acc_t>();
+    // Per-sample pieces of the weight gradients, reduced over n in order below.
+    std::vector<acc_t> d_o(static_cast<size_t>(N * C)), d_u(static_cast<size_t>(N * R)),
+        h_all(static_cast<size_t>(N * R)), grads(static_cast<size_t>(N * C));
+
+    if (x.numel() > 0) {
+      std::vector<ChannelView> views;
+      for (const at::Tensor* t : inputs) views.push_back(ChannelView::of(*t));
+      for (const at::Tensor& t : grads_out) views.push_back(ChannelView::of(t));
+      const Plan plan =
+          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+      InStreams<scalar_t, NIn> in;
+      for (size_t k = 0; k < NIn; ++k) {
+        in[k] = make_stream(inputs[k]->template const_data_ptr<scalar_t>(), views[k], plan, k);
+      }
+      OutStreams<scalar_t, NOut> out;
+      for (size_t j = 0; j < NOut; ++j) {
+        out[j] = make_stream(grads_out[j].template data_ptr<scalar_t>(), views[NIn + j], plan, NIn + j);
+      }
+      const acc_t inv_l = acc_t(1) / static_cast<acc_t>(plan.l);
+
+      auto head = [&](int64_t n0, int64_t n1, acc_t* G, std::array<acc_t*, 2>& coef) {
+        at::parallel_for(0, n1 - n0, 1, [&](int64_t begin, int64_t end) {
+          SeScratch<acc_t> t(mlp);
+          std::vector<acc_t> d_p(static_cast<size_t>(C));
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t n = n0 + i;
+            acc_t* h = h_all.data() + n * R;
+            mlp.forward(p_data + n * C, t.u.data(), h, t.o.data(), coef[0] + i * C);
+            mlp.backward(G + i * C, t.u.data(), t.o.data(), d_o.data() + n * C, d_u.data() + n * R,
+                         d_p.data());
+            for (int64_t c = 0; c < C; ++c) coef[1][i * C + c] = d_p[c] * inv_l;
+          }
+        });
+      };
+      reduce_head_apply<scalar_t, NIn, 2>(plan, in, out, grads.data(), map, head, apply);
+    }  // else N, C or L is 0: G = 0, so every gradient below is 0
+
+    // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :].
+    std::vector<acc_t> gw1(static_cast<size_t>(R * C), acc_t(0)), gw2(gw1.size(), acc_t(0));
+    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        acc_t* row = gw2.data() + c * R;
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t a = d_o[n * C + c];
+          const acc_t* h = h_all.data() + n * R;
+          for (int64_t r = 0; r < R; ++r) row[r] += a * h[r];
+        }
+      }
+    });
+    at::parallel_for(0, R, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        acc_t* row = gw1.data() + r * C;
+        for (int64_t n = 0; n < N; ++n) {
+          const acc_t a = d_u[n * R + r];
+          const acc_t* p = p_data + n * C;
+          for (int64_t c = 0; c < C; ++c) row[c] += a * p[c];
+        }
+      }
+    });
+    dw1 = sum_over_samples(gw1, 1, R * C, w1);
+    dw2 = sum_over_samples(gw2, 1, C * R, w2);
+    const at::Tensor bias_like1 = b1.has_value() ? *b1 : at::empty({R}, w1.options());
+    const at::Tensor bias_like2 = b2.has_value() ? *b2 : at::empty({C}, w2.options());
+    db1 = sum_over_samples(d_u, N, R, bias_like1);
+    db2 = sum_over_samples(d_o, N, C, bias_like2);
+  });
+  std::vector<at::Tensor> result = std::move(grads_out);
+  result.insert(result.end(), {dw1, db1, dw2, db2});
+  return result;
+}
+
+std::tuple<at::Tensor, at::Tensor> se_forward_cpu(const at::Tensor& x, const at::Tensor& w1,
+                                                  const c10::optional<at::Tensor>& b1,
+                                                  const at::Tensor& w2,
+                                                  const c10::optional<at::Tensor>& b2,
+                                                  c10::string_view activation, c10::string_view gate) {
+  const Activation act = parse_activation(activation);
+  const Gate g = parse_gate(gate);
+  check_se_args(x, w1, b1, w2, b2);
+  return se_forward_impl<1>(x, nullptr, w1, b1, w2, b2, act, g, ScaleApply{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& x, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    const at::Tensor& pooled, c10::string_view activation, c10::string_view gate) {
+  const Activation act = parse_activation(activation);
+  const Gate g = parse_gate(gate);
+  check_se_args(x, w1, b1, w2, b2);
+  check_same_map(x, dy, "dy");
+  check_stats(x, pooled, "pooled");
+  auto r = se_backward_impl<2, 1>({&dy, &x}, w1, b1, w2, b2, pooled, act, g, ProductMap{},
+                                  SeGradApply{});
+  return {r[0], r[1], r[2], r[3], r[4]};
+}
+
+std::tuple<at::Tensor, at::Tensor> se_residual_forward_cpu(
+    const at::Tensor& x, const at::Tensor& identity, const at::Tensor& w1,
+    const c10::optional<at::Tensor>& b1, const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+    c10::string_view activation, c10::string_view gate, c10::string_view activation_after) {
+  const Activation act = parse_activation(activation);
+  const Gate g = parse_gate(gate);
+  const Epilogue epi = parse_epilogue(activation_after);
+  check_se_args(x, w1, b1, w2, b2);
+  check_same_map(x, identity, "identity");
+  if (epi == Epilogue::kReLU) {
+    return se_forward_impl<2>(x, &identity, w1, b1, w2, b2, act, g,
+                              ResidualApply<static_cast<int>(Epilogue::kReLU)>{});
+  }
+  return se_forward_impl<2>(x, &identity, w1, b1, w2, b2, act, g,
+                            ResidualApply<static_cast<int>(Epilogue::kNone)>{});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+se_residual_backward_cpu(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& y,
+                         const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
+                         const at::Tensor& w2, const c10::optional<at::Tensor>& b2,
+                         const at::Tensor& pooled, c10::string_view activation,
+                         c10::string_view gate) {
+  const Activation act = parse_activation(activation);
+  const Gate g = parse_gate(gate);
+  check_se_args(x, w1, b1, w2, b2);
+  check_same_map(x, dy, "dy");
+  check_same_map(x, y, "y");
+  check_stats(x, pooled, "pooled");
+  auto r = se_backward_impl<3, 2>({&dy, &x, &y}, w1, b1, w2, b2, pooled, act, g,
+                                  MaskedProductMap{}, ResidualGradApply{});
+  return {r[0], r[1], r[2], r[3], r[4], r[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gct_fused, CPU, m) {
+  m.impl("se_forward", &se_forward_cpu);
+  m.impl("se_backward", &se_backward_cpu);
+  m.impl("se_residual_forward", &se_residual_forward_cpu);
+  m.impl("se_residual_backward", &se_residual_backward_cpu);
+}
+
+}  // namespace gct_fused::cpu

@@ -1,0 +1,74 @@
+"""The functional API: gct, squeeze_excite and se_residual, each dispatching to a backend."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import _validate, reference
+from ._backends import ops_for, resolve_backend
+
+
+def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+        epsilon: float = 1e-5, mode: str = "l2", after_relu: bool = False,
+        backend: str = "auto") -> torch.Tensor:
+    """Gated Channel Transformation of x, shape (N, C, *spatial) with any number of spatial dims.
+
+    y = x * (1 + tanh(gamma * e / norm + beta)) where, per sample and channel,
+    e = alpha * sqrt(sum x^2 + epsilon) and norm = sqrt(mean_C(e^2) + epsilon) (mode "l2"), or
+    e = alpha * sum |x| (sum x if after_relu) and norm = mean_C |e| + epsilon (mode "l1").
+
+    alpha, gamma, beta hold C values each (any shape, e.g. (C,) or (1, C, 1, 1)); they may be
+    float32 while x is float16/bfloat16. Statistics accumulate in float32 (float64 for a
+    float64 x), so large float16 maps do not overflow as the published formula does.
+    `backend` is one of "auto", "cuda", "triton", "cpu", "reference" (see
+    gct_fused.available_backends). Returns a tensor of x's shape, dtype and memory format.
+    """
+    _validate.check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
+    name = resolve_backend(backend, x.device)
+    if name == "reference":
+        return reference.gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
+    channels = x.shape[1]
+    y, _ = ops_for(name).gct_forward(x, alpha.reshape(channels), gamma.reshape(channels),
+                                     beta.reshape(channels), float(epsilon), mode, after_relu)
+    return y
+
+
+def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
+                   b2: Optional[torch.Tensor], activation: str = "relu", gate: str = "sigmoid",
+                   backend: str = "auto") -> torch.Tensor:
+    """Squeeze-and-Excitation of x, shape (N, C, *spatial).
+
+    y = x * gate(w2 @ act(w1 @ mean_spatial(x) + b1) + b2), with w1 (R, C), b1 (R,) or None,
+    w2 (C, R), b2 (C,) or None, activation "relu" or "silu", gate "sigmoid" or
+    "hardsigmoid". Weights may be float32 while x is float16/bfloat16; the pooled means and
+    the MLP run in float32 (float64 for a float64 x). See gct() for `backend`.
+    """
+    _validate.check_se(x, w1, b1, w2, b2, activation, gate)
+    name = resolve_backend(backend, x.device)
+    if name == "reference":
+        return reference.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
+    y, _ = ops_for(name).se_forward(x, w1, b1, w2, b2, activation, gate)
+    return y
+
+
+def se_residual(x: torch.Tensor, identity: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor],
+                w2: torch.Tensor, b2: Optional[torch.Tensor], activation: str = "relu",
+                gate: str = "sigmoid", activation_after: str = "relu",
+                backend: str = "auto") -> torch.Tensor:
+    """The tail of an SE-ResNet block in one pass: activation_after(squeeze_excite(x) + identity).
+
+    identity must have x's shape and dtype; activation_after is "relu" (SE-ResNet) or
+    "none". Eager PyTorch makes three full passes (scale, add, relu); this makes one.
+    Other arguments as in squeeze_excite().
+    """
+    _validate.check_se(x, w1, b1, w2, b2, activation, gate, fn="se_residual")
+    _validate.check_same_map(x, identity, "identity", "se_residual")
+    _validate.check_choice(activation_after, _validate.ACTIVATIONS_AFTER, "activation_after", "se_residual")
+    name = resolve_backend(backend, x.device)
+    if name == "reference":
+        return reference.se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after)
+    y, _ = ops_for(name).se_residual_forward(x, identity, w1, b1, w2, b2, activation, gate,
+                                             activation_after)
+    return y

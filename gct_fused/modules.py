@@ -1,0 +1,97 @@
+"""nn.Module front-ends of the fused ops."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import _validate
+from ._backends import BACKENDS
+from .functional import gct, squeeze_excite
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """timm's channel rounding: the nearest multiple of `divisor` (at least `min_value`,
+    default `divisor`), bumped up once if that loses more than 1 - round_limit of v."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+class GCT(nn.Module):
+    """Gated Channel Transformation, a drop-in for the official module (z-x-yang/GCT).
+
+    Parameters alpha, gamma, beta have shape (1, C, 1, 1) and start at 1, 0, 0 (so the
+    module starts as an exact identity) — the official names, shapes and init, so its
+    checkpoints load unchanged, and `beta` keeps the name training scripts use to exclude
+    it from weight decay. Accepts (N, C, *spatial) input; see gct_fused.gct for the math.
+    """
+
+    def __init__(self, num_channels: int, epsilon: float = 1e-5, mode: str = "l2",
+                 after_relu: bool = False, backend: str = "auto"):
+        super().__init__()
+        if not isinstance(num_channels, int) or num_channels < 1:
+            raise ValueError(f"GCT: num_channels must be a positive int, got {num_channels!r}")
+        _validate.check_choice(mode, _validate.GCT_MODES, "mode", "GCT")
+        _check_backend(backend)
+        self.alpha = nn.Parameter(torch.ones(1, num_channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, num_channels, 1, 1))
+        self.epsilon = epsilon
+        self.mode = mode
+        self.after_relu = after_relu
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gct(x, self.alpha, self.gamma, self.beta, self.epsilon, self.mode, self.after_relu,
+                   self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"{self.alpha.shape[1]}, epsilon={self.epsilon}, mode={self.mode!r}, "
+                f"after_relu={self.after_relu}, backend={self.backend!r}")
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-Excitation: y = x * gate(fc2(act(fc1(mean_spatial(x))))).
+
+    fc1 = Linear(channels, rd_channels) and fc2 = Linear(rd_channels, channels), with bias
+    unless bias=False (the keys of timm's SqueezeExciteCl: fc1.weight (R, C), fc1.bias,
+    fc2.weight (C, R), fc2.bias). rd_channels defaults to timm's rule,
+    make_divisible(channels * rd_ratio, 8, round_limit=0). activation: "relu" | "silu";
+    gate: "sigmoid" | "hardsigmoid". Accepts (N, C, *spatial) input in any memory format.
+    """
+
+    def __init__(self, channels: int, rd_channels: Optional[int] = None, rd_ratio: float = 1 / 16,
+                 activation: str = "relu", gate: str = "sigmoid", bias: bool = True,
+                 backend: str = "auto"):
+        super().__init__()
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"SqueezeExcite: channels must be a positive int, got {channels!r}")
+        if rd_channels is None:
+            rd_channels = make_divisible(channels * rd_ratio, 8, round_limit=0.0)
+        if not isinstance(rd_channels, int) or rd_channels < 1:
+            raise ValueError(f"SqueezeExcite: rd_channels must be a positive int, got {rd_channels!r}")
+        _validate.check_choice(activation, _validate.ACTIVATIONS, "activation", "SqueezeExcite")
+        _validate.check_choice(gate, _validate.GATES, "gate", "SqueezeExcite")
+        _check_backend(backend)
+        self.fc1 = nn.Linear(channels, rd_channels, bias=bias)
+        self.fc2 = nn.Linear(rd_channels, channels, bias=bias)
+        self.activation = activation
+        self.gate = gate
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+                              self.activation, self.gate, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}, gate={self.gate!r}, backend={self.backend!r}"
