@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from types import SimpleNamespace
 from typing import List, Optional, Union
 
 import torch
@@ -119,9 +118,10 @@ def resolve_backend(backend: str, device: Union[str, torch.device]) -> str:
     return backend
 
 
-def ops_for(backend: str) -> SimpleNamespace:
-    """The six ops of a fused backend family, as attributes named like OP_NAMES."""
-    prefix = "triton_" if backend == "triton" else ""
+def fused_op(backend: str, name: str):
+    """The op `name` (one of OP_NAMES) of a fused backend: torch.ops.gct_fused.<name> for the
+    C++ kernels ("cpu", "cuda"), torch.ops.gct_fused.triton_<name> for "triton"."""
     if backend == "triton":
         from . import triton_ops  # noqa: F401  (registers torch.ops.gct_fused.triton_*)
-    return SimpleNamespace(**{name: getattr(torch.ops.gct_fused, prefix + name) for name in OP_NAMES})
+        return getattr(torch.ops.gct_fused, "triton_" + name)
+    return getattr(torch.ops.gct_fused, name)

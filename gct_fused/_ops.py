@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch  # noqa: F401  (loads libtorch/libc10, which gct_fused._C links against)
+
 C_IMPORT_ERROR: Optional[str] = None
 
 try:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import _validate, reference
-from ._backends import ops_for, resolve_backend
+from ._backends import fused_op, resolve_backend
 
 
 def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
@@ -30,7 +30,7 @@ def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     if name == "reference":
         return reference.gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
     channels = x.shape[1]
-    y, _ = ops_for(name).gct_forward(x, alpha.reshape(channels), gamma.reshape(channels),
+    y, _ = fused_op(name, "gct_forward")(x, alpha.reshape(channels), gamma.reshape(channels),
                                      beta.reshape(channels), float(epsilon), mode, after_relu)
     return y
 
@@ -49,7 +49,7 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor]
     name = resolve_backend(backend, x.device)
     if name == "reference":
         return reference.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
-    y, _ = ops_for(name).se_forward(x, w1, b1, w2, b2, activation, gate)
+    y, _ = fused_op(name, "se_forward")(x, w1, b1, w2, b2, activation, gate)
     return y
 
 
@@ -69,6 +69,6 @@ def se_residual(x: torch.Tensor, identity: torch.Tensor, w1: torch.Tensor, b1: O
     name = resolve_backend(backend, x.device)
     if name == "reference":
         return reference.se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after)
-    y, _ = ops_for(name).se_residual_forward(x, identity, w1, b1, w2, b2, activation, gate,
+    y, _ = fused_op(name, "se_residual_forward")(x, identity, w1, b1, w2, b2, activation, gate,
                                              activation_after)
     return y

@@ -55,7 +55,10 @@ def _activation(name: str, v: torch.Tensor) -> torch.Tensor:
 
 
 def _gate(name: str, v: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(v) if name == "sigmoid" else F.hardsigmoid(v)
+    # hardsigmoid as relu6(v + 3) / 6 (timm's formula): the same values as F.hardsigmoid, but
+    # its float64 gradient is exact, whereas torch's hardsigmoid_backward multiplies by a
+    # float32 1/6 (relative error 1e-8) — too coarse for a float64 ground truth.
+    return torch.sigmoid(v) if name == "sigmoid" else F.relu6(v + 3.0) / 6.0
 
 
 def se_scale(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor], w2: torch.Tensor,
