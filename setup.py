@@ -98,7 +98,7 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
-    cxx = opt + ["-fopenmp", "-fvisibility=hidden"] + _cpu_arch_flags()
+    cxx = opt + ["-fopenmp", "-fvisibility=hidden", "-fno-math-errno"] + _cpu_arch_flags()
     with_cuda, why = _want_cuda()
     if not with_cuda:
         _log(f"building CPU kernels only ({why})")

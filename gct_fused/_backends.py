@@ -100,8 +100,24 @@ def _auto(device: torch.device) -> str:
     return "reference"
 
 
+# Successful resolutions, keyed by everything they depend on. Resolution runs on every
+# call of every op, and the checks behind it (imports, dispatcher queries) are slow
+# next to the kernels of a small map.
+_RESOLVED: dict = {}
+
+
 def resolve_backend(backend: str, device: Union[str, torch.device]) -> str:
     """The concrete backend that runs a call on `device`; raises if it cannot run."""
+    if torch.compiler.is_compiling():  # traced once, at compile time: no cache needed
+        return _resolve(backend, device)
+    key = (backend, str(device), os.environ.get(ENV_VAR), os.environ.get("TRITON_INTERPRET"))
+    found = _RESOLVED.get(key)
+    if found is None:
+        found = _RESOLVED[key] = _resolve(backend, device)
+    return found
+
+
+def _resolve(backend: str, device: Union[str, torch.device]) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     device = torch.device(device)

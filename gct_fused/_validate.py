@@ -17,6 +17,7 @@ GATES = ("sigmoid", "hardsigmoid")
 ACTIVATIONS_AFTER = ("relu", "none")
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def check_choice(value, choices, name: str, fn: str) -> None:
@@ -75,7 +76,23 @@ def check_same_dtype(params: dict, fn: str) -> None:
         raise TypeError(f"{fn}: parameters must share one dtype, got {listed}")
 
 
+def _gct_ok(x, alpha, gamma, beta, epsilon, mode, after_relu) -> bool:
+    """The common case in a few cheap tests; check_gct explains any failure."""
+    if not (type(x) is torch.Tensor and type(alpha) is torch.Tensor and type(gamma) is torch.Tensor
+            and type(beta) is torch.Tensor):
+        return False
+    dtype, pdtype, device = x.dtype, alpha.dtype, x.device
+    return (x.dim() >= 2 and dtype in _FLOATING and gamma.dtype == pdtype and beta.dtype == pdtype
+            and (pdtype == dtype or (pdtype == torch.float32 and dtype in _HALF))
+            and alpha.device == device and gamma.device == device and beta.device == device
+            and alpha.numel() == x.shape[1] and gamma.numel() == x.shape[1] and beta.numel() == x.shape[1]
+            and mode in GCT_MODES and type(after_relu) is bool and type(epsilon) in (int, float)
+            and epsilon >= 0)
+
+
 def check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu) -> None:
+    if _gct_ok(x, alpha, gamma, beta, epsilon, mode, after_relu):
+        return
     fn = "gct"
     check_feature_map(x, "x", fn)
     for name, p in (("alpha", alpha), ("gamma", gamma), ("beta", beta)):
@@ -88,7 +105,27 @@ def check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu) -> None:
         raise TypeError(f"{fn}: after_relu must be a bool, got {type(after_relu).__name__}")
 
 
+def _se_ok(x, w1, b1, w2, b2, activation, gate) -> bool:
+    """The common case in a few cheap tests; check_se explains any failure."""
+    if not (type(x) is torch.Tensor and type(w1) is torch.Tensor and type(w2) is torch.Tensor):
+        return False
+    dtype, pdtype, device = x.dtype, w1.dtype, x.device
+    if not (x.dim() >= 2 and dtype in _FLOATING and w2.dtype == pdtype
+            and (pdtype == dtype or (pdtype == torch.float32 and dtype in _HALF))
+            and w1.device == device and w2.device == device and w1.dim() == 2 and w2.dim() == 2
+            and w1.shape[1] == x.shape[1] and w2.shape[0] == x.shape[1] and w2.shape[1] == w1.shape[0]
+            and activation in ACTIVATIONS and gate in GATES):
+        return False
+    for bias, size in ((b1, w1.shape[0]), (b2, w2.shape[0])):
+        if bias is not None and not (type(bias) is torch.Tensor and bias.dtype == pdtype
+                                     and bias.device == device and bias.dim() == 1 and bias.shape[0] == size):
+            return False
+    return True
+
+
 def check_se(x, w1, b1, w2, b2, activation, gate, fn: str = "squeeze_excite") -> None:
+    if _se_ok(x, w1, b1, w2, b2, activation, gate):
+        return
     check_feature_map(x, "x", fn)
     channels = x.shape[1]
     if not isinstance(w1, torch.Tensor) or w1.dim() != 2 or w1.shape[1] != channels:

@@ -29,9 +29,9 @@ def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     name = resolve_backend(backend, x.device)
     if name == "reference":
         return reference.gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
-    channels = x.shape[1]
-    y, _ = fused_op(name, "gct_forward")(x, alpha.reshape(channels), gamma.reshape(channels),
-                                     beta.reshape(channels), float(epsilon), mode, after_relu)
+    # The ops take parameters of any shape holding C values, (1, C, 1, 1) included, and
+    # return their gradients in that shape: no reshape needed here.
+    y, _ = fused_op(name, "gct_forward")(x, alpha, gamma, beta, float(epsilon), mode, after_relu)
     return y
 
 

@@ -110,17 +110,23 @@ enum class Path { kRowsAlongL, kRowsAlongC, kGeneric };
 
 // How a call is cut into chunks of samples and tiles. Depends on the shape and the
 // strides only, never on the number of threads.
+//
+// A tile is (sample, block of channels, block of L). On L-rows (and the generic
+// path) a tile covers tile_c consecutive channels, so that short rows (7x7 maps) are
+// batched; on C-rows it covers all C channels of tile_l consecutive spatial rows.
 struct Plan {
   Path path = Path::kGeneric;
   int64_t n = 0, c = 0, l = 0;
-  int64_t tile_l = 1;   // L-extent of one tile
-  int64_t tiles_l = 1;  // tiles along L per (n, c) row or per sample
-  int64_t chunk_n = 1;  // samples per reduce -> head -> apply round
+  int64_t tile_c = 1, tile_l = 1;    // extent of one tile
+  int64_t tiles_c = 1, tiles_l = 1;  // tiles per sample along C and along L
+  int64_t chunk_n = 1;               // samples per reduce -> head -> apply round
+  // Small samples: each thread runs reduce -> head -> apply on whole samples, so the
+  // apply re-reads a sample from its own L2. Large ones: all threads share a chunk.
+  bool sample_parallel = false;
   std::vector<std::vector<int64_t>> offset_tables;  // generic path: one per tensor
 
-  // Elements in one tile, and tiles per sample.
-  int64_t tile_elems() const { return path == Path::kRowsAlongC ? tile_l * c : tile_l; }
-  int64_t tiles_per_sample() const { return path == Path::kRowsAlongC ? tiles_l : c * tiles_l; }
+  int64_t tile_elems() const { return tile_c * tile_l; }
+  int64_t tiles_per_sample() const { return tiles_c * tiles_l; }
 };
 
 // Budget for the bytes of one chunk's reduce inputs: they are re-read by the apply
@@ -129,14 +135,22 @@ constexpr int64_t kChunkBytes = int64_t(8) << 20;
 // Longest L-run one tile reduces; longer rows are split so that few large rows
 // (e.g. GCT on a 3-channel image) still spread over threads.
 constexpr int64_t kMaxTileL = 32768;
-// Elements per C-row tile (channels_last).
+// Elements per tile when rows are short (many rows per tile) or C-rows.
 constexpr int64_t kTileElems = 16384;
-// Smallest amount of work worth a thread.
+// Largest per-sample working set (inputs of the reduce plus the head's data) that a
+// thread processes on its own, out of its L2 (1 MB per core on the machines we target).
+constexpr int64_t kSampleBytes = int64_t(640) << 10;
+// Smallest amount of work worth waking a thread for.
 constexpr int64_t kGrainElems = 32768;
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return b == 0 ? 0 : (a + b - 1) / b; }
+
 // Builds the plan for tensors described by `views`; `reduce_bytes_per_sample` is
-// the bytes per sample the reduce stage reads (what a chunk must keep in cache).
-inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_bytes_per_sample) {
+// the bytes per sample the reduce stage reads (what a chunk must keep in cache) and
+// `head_bytes_per_sample` what the head touches per sample (e.g. the SE weights,
+// which a thread running whole samples would stream once per sample).
+inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_bytes_per_sample,
+                      int64_t head_bytes_per_sample = 0) {
   Plan plan;
   const ChannelView& v0 = views.front();
   plan.n = v0.n;
@@ -166,14 +180,32 @@ inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_byte
       plan.offset_tables.push_back(std::move(table));
     }
   }
+  const int64_t C = std::max<int64_t>(plan.c, 1), L = std::max<int64_t>(plan.l, 1);
   if (plan.path == Path::kRowsAlongC) {
-    plan.tile_l = std::max<int64_t>(1, kTileElems / std::max<int64_t>(plan.c, 1));
+    plan.tile_c = C;
+    plan.tile_l = std::max<int64_t>(1, kTileElems / C);
   } else {
-    plan.tile_l = std::max<int64_t>(1, std::min(plan.l, kMaxTileL));
+    plan.tile_l = std::min(L, kMaxTileL);
+    plan.tile_c = plan.tile_l >= kTileElems ? 1 : std::min(C, std::max<int64_t>(1, kTileElems / plan.tile_l));
   }
-  plan.tiles_l = plan.l == 0 ? 0 : (plan.l + plan.tile_l - 1) / plan.tile_l;
+  plan.tiles_c = ceil_div(plan.c, plan.tile_c);
+  plan.tiles_l = ceil_div(plan.l, plan.tile_l);
   plan.chunk_n = std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(reduce_bytes_per_sample, 1));
+  // The choice only moves work between threads: every value is computed the same way
+  // either way, so results do not depend on it (or on the thread count).
+  plan.sample_parallel = plan.n >= 2 && reduce_bytes_per_sample + head_bytes_per_sample <= kSampleBytes;
   return plan;
+}
+
+// The part of a sample one tile covers.
+struct Tile {
+  int64_t c0, c1, l0, l1;
+};
+
+inline Tile tile_of(const Plan& plan, int64_t rest) {
+  const int64_t cb = rest / plan.tiles_l, lb = rest % plan.tiles_l;
+  return {cb * plan.tile_c, std::min(plan.c, (cb + 1) * plan.tile_c), lb * plan.tile_l,
+          std::min(plan.l, (lb + 1) * plan.tile_l)};
 }
 
 template <typename ptr_t>
@@ -217,6 +249,34 @@ acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR>& in, 
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
   constexpr int kUnroll = 4;
+  if (len < kUnroll * L::kStep) {  // short rows (e.g. 7x7 maps): one accumulator
+    Vacc acc1[L::kParts];
+    for (auto& p : acc1) p = Vacc(acc_t(0));
+    int64_t i = 0;
+    for (; i + L::kStep <= len; i += L::kStep) {
+      Vacc v[NR > 0 ? NR : 1][L::kParts];
+      for (size_t k = 0; k < NR; ++k) L::load(in[k] + i, v[k]);
+      for (int p = 0; p < L::kParts; ++p) {
+        Vacc args[NR > 0 ? NR : 1];
+        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+        acc1[p] = acc1[p] + map(args);
+      }
+    }
+    acc_t sum = 0;
+    if (i > 0) {
+      Vacc total = acc1[0];
+      for (int p = 1; p < L::kParts; ++p) total = total + acc1[p];
+      acc_t lanes[Vacc::size()];
+      total.store(lanes);
+      for (int64_t j = 0; j < Vacc::size(); ++j) sum += lanes[j];
+    }
+    for (; i < len; ++i) {
+      acc_t args[NR > 0 ? NR : 1];
+      for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(in[k][i]);
+      sum += map(args);
+    }
+    return sum;
+  }
   Vacc acc[kUnroll][L::kParts];
   for (auto& a : acc)
     for (auto& p : a) p = Vacc(acc_t(0));
@@ -346,62 +406,58 @@ void reduce_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t 
     std::fill(sums, sums + (n1 - n0) * C, acc_t(0));
     return;
   }
-  // One partial per tile (per tile and channel on C-rows), combined below in order.
-  const int64_t partial_width = plan.path == Path::kRowsAlongC ? C : 1;
-  std::vector<acc_t> partial(static_cast<size_t>(tiles * partial_width), acc_t(0));
+  // Partial sums per (sample, channel, L-tile), combined below in L-tile order.
+  std::vector<acc_t> partial(static_cast<size_t>((n1 - n0) * C * T), acc_t(0));
+  auto partial_at = [&](int64_t i, int64_t c, int64_t lb) -> acc_t* {
+    // channel-major on L-rows; tile-major on C-rows (a tile fills a contiguous C-run)
+    return plan.path == Path::kRowsAlongC ? partial.data() + (i * T + lb) * C + c
+                                          : partial.data() + (i * C + c) * T + lb;
+  };
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(plan.tile_elems(), 1));
 
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = n0 + t / per_sample;
+      const int64_t i = t / per_sample, n = n0 + i;
       const int64_t rest = t % per_sample;
-      acc_t* dst = partial.data() + t * partial_width;
+      const Tile tile = tile_of(plan, rest);
+      const int64_t lb = rest % plan.tiles_l;
       if (plan.path == Path::kRowsAlongC) {
-        const int64_t l0 = rest * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
-        for (int64_t l = l0; l < l1; ++l) {
+        acc_t* dst = partial_at(i, 0, lb);
+        for (int64_t l = tile.l0; l < tile.l1; ++l) {
           std::array<const scalar_t*, NR> rows;
           for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, 0, l);
           accumulate_contiguous<scalar_t, NR>(rows, C, dst, map);
         }
-        continue;
-      }
-      const int64_t c = rest / T;
-      const int64_t l0 = (rest % T) * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
-      if (plan.path == Path::kRowsAlongL) {
-        std::array<const scalar_t*, NR> rows;
-        for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, c, l0);
-        *dst = reduce_contiguous<scalar_t, NR>(rows, l1 - l0, map);
-      } else {
-        acc_t sum = 0;
-        for (int64_t l = l0; l < l1; ++l) {
-          acc_t args[NR > 0 ? NR : 1];
-          for (size_t k = 0; k < NR; ++k) {
-            args[k] = static_cast<acc_t>(
-                in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
-          }
-          sum += map(args);
+      } else if (plan.path == Path::kRowsAlongL) {
+        for (int64_t c = tile.c0; c < tile.c1; ++c) {
+          std::array<const scalar_t*, NR> rows;
+          for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, c, tile.l0);
+          *partial_at(i, c, lb) = reduce_contiguous<scalar_t, NR>(rows, tile.l1 - tile.l0, map);
         }
-        *dst = sum;
+      } else {
+        for (int64_t c = tile.c0; c < tile.c1; ++c) {
+          acc_t sum = 0;
+          for (int64_t l = tile.l0; l < tile.l1; ++l) {
+            acc_t args[NR > 0 ? NR : 1];
+            for (size_t k = 0; k < NR; ++k) {
+              args[k] = static_cast<acc_t>(
+                  in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
+            }
+            sum += map(args);
+          }
+          *partial_at(i, c, lb) = sum;
+        }
       }
     }
   });
 
-  // Combine partials in tile order (fixed, thread-independent).
+  // Combine partials in L-tile order (fixed, thread-independent).
   for (int64_t i = 0; i < n1 - n0; ++i) {
     acc_t* out = sums + i * C;
-    if (plan.path == Path::kRowsAlongC) {
-      std::fill(out, out + C, acc_t(0));
-      for (int64_t t = 0; t < T; ++t) {
-        const acc_t* src = partial.data() + (i * T + t) * C;
-        for (int64_t c = 0; c < C; ++c) out[c] += src[c];
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* src = partial.data() + (i * C + c) * T;
-        acc_t s = 0;
-        for (int64_t t = 0; t < T; ++t) s += src[t];
-        out[c] = s;
-      }
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t s = 0;
+      for (int64_t lb = 0; lb < T; ++lb) s += *partial_at(i, c, lb);
+      out[c] = s;
     }
   }
 }
@@ -412,7 +468,7 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
                  const OutStreams<scalar_t, NOut>& out, int64_t n0, int64_t n1,
                  const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply) {
   using acc_t = acc_type<scalar_t>;
-  const int64_t C = plan.c, T = plan.tiles_l;
+  const int64_t C = plan.c;
   const int64_t per_sample = plan.tiles_per_sample();
   const int64_t tiles = (n1 - n0) * per_sample;
   if (plan.l == 0 || tiles == 0) return;
@@ -421,12 +477,11 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
   at::parallel_for(0, tiles, grain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t i = t / per_sample, n = n0 + i;
-      const int64_t rest = t % per_sample;
+      const Tile tile = tile_of(plan, t % per_sample);
       if (plan.path == Path::kRowsAlongC) {
         std::array<const acc_t*, NK> cf;
         for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C;
-        const int64_t l0 = rest * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
-        for (int64_t l = l0; l < l1; ++l) {
+        for (int64_t l = tile.l0; l < tile.l1; ++l) {
           std::array<const scalar_t*, NIn> src;
           std::array<scalar_t*, NOut> dst;
           for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, 0, l);
@@ -435,20 +490,20 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
         }
         continue;
       }
-      const int64_t c = rest / T;
-      const int64_t l0 = (rest % T) * plan.tile_l, l1 = std::min(plan.l, l0 + plan.tile_l);
-      std::array<const acc_t*, NK> cf;
-      for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C + c;
-      if (plan.path == Path::kRowsAlongL) {
-        std::array<const scalar_t*, NIn> src;
-        std::array<scalar_t*, NOut> dst;
-        for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, c, l0);
-        for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, c, l0);
-        apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, l1 - l0, cf, apply);
-      } else {
+      for (int64_t c = tile.c0; c < tile.c1; ++c) {
+        std::array<const acc_t*, NK> cf;
+        for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C + c;
+        if (plan.path == Path::kRowsAlongL) {
+          std::array<const scalar_t*, NIn> src;
+          std::array<scalar_t*, NOut> dst;
+          for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, c, tile.l0);
+          for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, c, tile.l0);
+          apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, tile.l1 - tile.l0, cf, apply);
+          continue;
+        }
         acc_t fixed[NK > 0 ? NK : 1];
         for (size_t k = 0; k < NK; ++k) fixed[k] = cf[k][0];
-        for (int64_t l = l0; l < l1; ++l) {
+        for (int64_t l = tile.l0; l < tile.l1; ++l) {
           acc_t args[NIn], res[NOut];
           for (size_t k = 0; k < NIn; ++k) {
             args[k] = static_cast<acc_t>(
@@ -477,19 +532,29 @@ void reduce_head_apply(const Plan& plan, const InStreams<scalar_t, NIn>& in,
   using acc_t = acc_type<scalar_t>;
   const int64_t C = plan.c;
   const int64_t chunk = std::min(plan.chunk_n, std::max<int64_t>(plan.n, 1));
-  std::vector<acc_t> coef_storage(static_cast<size_t>(std::max<int64_t>(NK, 1) * chunk * C));
-  std::array<acc_t*, NK> coef;
-  std::array<const acc_t*, NK> coef_in;
-  for (size_t k = 0; k < NK; ++k) {
-    coef[k] = coef_storage.data() + k * chunk * C;
-    coef_in[k] = coef[k];
-  }
-  for (int64_t n0 = 0; n0 < plan.n; n0 += chunk) {
-    const int64_t n1 = std::min(plan.n, n0 + chunk);
+  // Runs the three stages on samples [n0, n1) with `width` samples of coefficient space.
+  auto run = [&](int64_t n0, int64_t n1, int64_t width, std::vector<acc_t>& storage) {
+    storage.resize(static_cast<size_t>(std::max<size_t>(NK, 1) * width * C));
+    std::array<acc_t*, NK> coef;
+    std::array<const acc_t*, NK> coef_in;
+    for (size_t k = 0; k < NK; ++k) {
+      coef[k] = storage.data() + k * width * C;
+      coef_in[k] = coef[k];
+    }
     reduce_stage<scalar_t, NR, NIn>(plan, in, n0, n1, sums + n0 * C, map);
     head(n0, n1, sums + n0 * C, coef);
     apply_stage<scalar_t, NIn, NOut, NK>(plan, in, out, n0, n1, coef_in, apply);
+  };
+  if (plan.sample_parallel) {
+    // Stages nested in this parallel region run inline on the calling thread.
+    at::parallel_for(0, plan.n, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> storage;
+      for (int64_t n = begin; n < end; ++n) run(n, n + 1, 1, storage);
+    });
+    return;
   }
+  std::vector<acc_t> storage;
+  for (int64_t n0 = 0; n0 < plan.n; n0 += chunk) run(n0, std::min(plan.n, n0 + chunk), chunk, storage);
 }
 
 }  // namespace gct_fused::cpu

@@ -5,18 +5,24 @@
 #include "vec_config.h"  // must precede every ATen header
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 
 #include <vector>
 
 namespace gct_fused::cpu {
 
-// p's values (any shape) as a flat vector of acc_t.
+// p's values (any shape, any floating dtype) as a flat vector of acc_t. Reads the
+// storage directly: this runs on every call, and the tensor ops of a
+// reshape/to/contiguous chain would cost microseconds each.
 template <typename acc_t>
 std::vector<acc_t> to_acc_vector(const at::Tensor& p) {
-  const at::Tensor flat =
-      p.detach().reshape({-1}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-  const acc_t* data = flat.const_data_ptr<acc_t>();
-  return std::vector<acc_t>(data, data + flat.numel());
+  const at::Tensor src = p.is_contiguous() ? p : p.contiguous();  // parameters are tiny
+  std::vector<acc_t> out(static_cast<size_t>(src.numel()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "to_acc_vector", [&] {
+    const scalar_t* data = src.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<acc_t>(data[i]);
+  });
+  return out;
 }
 
 // sum over n of per_sample[n * width + j], in the order n = 0, 1, ... (bitwise

@@ -14,63 +14,93 @@
 namespace gct_fused::cpu {
 namespace {
 
-// The MLP of one SE call in the accumulation type. w1 is (R, C) and w2 (C, R),
-// row-major; absent biases are zeros.
+// Rows of MLP work per thread task: each row is a dot product over `width` values.
+inline int64_t mlp_grain(int64_t width) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(width, 1)); }
+
+// The MLP of one SE call in the accumulation type, applied to a chunk of samples at a
+// time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
+// element is one dot product in a fixed order, whichever thread computes it, and each
+// weight row is used for all samples of the chunk while it sits in L1.
 template <typename acc_t>
 struct SeMlp {
   int64_t channels = 0, hidden = 0;
   std::vector<acc_t> w1, b1, w2, b2;
+  std::vector<acc_t> w1t, w2t;  // transposes, (C, R) and (R, C): the backward's rows
   Activation act;
   Gate gate;
 
   SeMlp(const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_, const at::Tensor& w2_,
-        const c10::optional<at::Tensor>& b2_, Activation act_, Gate gate_)
+        const c10::optional<at::Tensor>& b2_, Activation act_, Gate gate_, bool for_backward)
       : channels(w1_.size(1)), hidden(w1_.size(0)), w1(to_acc_vector<acc_t>(w1_)),
         w2(to_acc_vector<acc_t>(w2_)), act(act_), gate(gate_) {
     b1 = b1_.has_value() ? to_acc_vector<acc_t>(*b1_) : std::vector<acc_t>(hidden, acc_t(0));
     b2 = b2_.has_value() ? to_acc_vector<acc_t>(*b2_) : std::vector<acc_t>(channels, acc_t(0));
+    if (for_backward) {
+      w1t.resize(w1.size());
+      w2t.resize(w2.size());
+      for (int64_t r = 0; r < hidden; ++r) {
+        for (int64_t c = 0; c < channels; ++c) {
+          w1t[c * hidden + r] = w1[r * channels + c];
+          w2t[r * channels + c] = w2[c * hidden + r];
+        }
+      }
+    }
   }
 
   static acc_t dot(const acc_t* a, const acc_t* b, int64_t len) {
     return reduce_contiguous<acc_t, 2>({a, b}, len, ProductMap{});
   }
 
-  // p (C) -> u = W1 p + b1 (R), h = act(u) (R), o = W2 h + b2 (C), s = gate(o) (C).
-  void forward(const acc_t* p, acc_t* u, acc_t* h, acc_t* o, acc_t* s) const {
-    for (int64_t r = 0; r < hidden; ++r) {
-      u[r] = b1[r] + dot(w1.data() + r * channels, p, channels);
-      h[r] = activation_forward(act, u[r]);
-    }
-    for (int64_t c = 0; c < channels; ++c) {
-      o[c] = b2[c] + dot(w2.data() + c * hidden, h, hidden);
-      s[c] = gate_forward(gate, o[c]);
+  // out[n * rows + j] = bias[j] + mat[j, :] . in[n, :] for nb samples; mat is (rows, width).
+  static void batched_matvec(const acc_t* mat, const acc_t* bias, int64_t rows, int64_t width,
+                             const acc_t* in, int64_t nb, acc_t* out) {
+    at::parallel_for(0, rows, mlp_grain(nb * width), [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        for (int64_t n = 0; n < nb; ++n) {
+          const acc_t b = bias == nullptr ? acc_t(0) : bias[j];
+          out[n * rows + j] = b + dot(mat + j * width, in + n * width, width);
+        }
+      }
+    });
+  }
+
+  // s = gate(o) over n values, vectorised (the sigmoid's exp would dominate otherwise).
+  void gate_array(const acc_t* o, acc_t* s, int64_t n) const {
+    using V = Vectorized<acc_t>;
+    if (gate == Gate::kSigmoid) {
+      at::vec::map([](V v) { return V(acc_t(1)) / (V(acc_t(1)) + v.neg().exp()); }, s, o, n);
+    } else {  // relu6(o + 3) / 6
+      at::vec::map([](V v) {
+        return at::vec::minimum(at::vec::maximum(v + V(acc_t(3)), V(acc_t(0))), V(acc_t(6))) / V(acc_t(6));
+      }, s, o, n);
     }
   }
 
-  // From G = sum_l dy * x (C): d_o = G * gate'(o) (C), d_u = (W2^T d_o) * act'(u) (R),
-  // d_p = W1^T d_u (C). The transposed products accumulate rows in a fixed order.
-  void backward(const acc_t* grad_gate, const acc_t* u, const acc_t* o, acc_t* d_o, acc_t* d_u,
-                acc_t* d_p) const {
-    std::fill(d_u, d_u + hidden, acc_t(0));
-    for (int64_t c = 0; c < channels; ++c) {
-      d_o[c] = grad_gate[c] * gate_derivative(gate, o[c]);
-      const acc_t* row = w2.data() + c * hidden;
-      for (int64_t r = 0; r < hidden; ++r) d_u[r] += d_o[c] * row[r];
-    }
-    std::fill(d_p, d_p + channels, acc_t(0));
-    for (int64_t r = 0; r < hidden; ++r) {
-      d_u[r] *= activation_derivative(act, u[r]);
-      const acc_t* row = w1.data() + r * channels;
-      for (int64_t c = 0; c < channels; ++c) d_p[c] += d_u[r] * row[c];
-    }
+  // P (nb, C) -> U = P W1^T + b1 (nb, R), H = act(U), O = H W2^T + b2 (nb, C), S = gate(O).
+  void forward(const acc_t* P, int64_t nb, acc_t* U, acc_t* H, acc_t* O, acc_t* S) const {
+    batched_matvec(w1.data(), b1.data(), hidden, channels, P, nb, U);
+    for (int64_t i = 0; i < nb * hidden; ++i) H[i] = activation_forward(act, U[i]);
+    batched_matvec(w2.data(), b2.data(), channels, hidden, H, nb, O);
+    gate_array(O, S, nb * channels);
+  }
+
+  // From G = sum_l dy * x (nb, C): dO = G * gate'(O), dU = (dO W2) * act'(U) (nb, R),
+  // dP = dU W1 (nb, C). Needs the transposes (for_backward).
+  void backward(const acc_t* G, const acc_t* U, const acc_t* O, const acc_t* S, int64_t nb, acc_t* dO,
+                acc_t* dU, acc_t* dP) const {
+    for (int64_t i = 0; i < nb * channels; ++i) dO[i] = G[i] * gate_derivative(gate, O[i], S[i]);
+    batched_matvec(w2t.data(), nullptr, hidden, channels, dO, nb, dU);
+    for (int64_t i = 0; i < nb * hidden; ++i) dU[i] *= activation_derivative(act, U[i]);
+    batched_matvec(w1t.data(), nullptr, channels, hidden, dU, nb, dP);
   }
 };
 
-// Scratch of one sample's head.
+// Scratch of a chunk's head: nb samples.
 template <typename acc_t>
 struct SeScratch {
-  std::vector<acc_t> u, h, o;
-  explicit SeScratch(const SeMlp<acc_t>& mlp) : u(mlp.hidden), h(mlp.hidden), o(mlp.channels) {}
+  std::vector<acc_t> u, h, o, d_p;
+  SeScratch(const SeMlp<acc_t>& mlp, int64_t nb)
+      : u(nb * mlp.hidden), h(nb * mlp.hidden), o(nb * mlp.channels), d_p(nb * mlp.channels) {}
 };
 
 template <int kEpilogue>  // y = epilogue(x * s + identity); in = (x, identity)
@@ -114,11 +144,12 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate, /*for_backward=*/false);
     std::vector<ChannelView> views{ChannelView::of(x)};
     if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
     views.push_back(ChannelView::of(y));
-    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+    const int64_t weight_bytes = 2 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
+    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes);
     InStreams<scalar_t, NIn> in;
     in[0] = make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0);
     if constexpr (NIn == 2) in[1] = make_stream(identity->const_data_ptr<scalar_t>(), views[1], plan, 1);
@@ -127,14 +158,10 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
     const acc_t inv_l = plan.l > 0 ? acc_t(1) / static_cast<acc_t>(plan.l) : acc_t(0);
 
     auto head = [&](int64_t n0, int64_t n1, acc_t* sums, std::array<acc_t*, 1>& coef) {
-      at::parallel_for(0, n1 - n0, 1, [&](int64_t begin, int64_t end) {
-        SeScratch<acc_t> t(mlp);
-        for (int64_t i = begin; i < end; ++i) {
-          acc_t* p = sums + i * C;  // sum -> mean, kept as the saved statistic
-          for (int64_t c = 0; c < C; ++c) p[c] *= inv_l;
-          mlp.forward(p, t.u.data(), t.h.data(), t.o.data(), coef[0] + i * C);
-        }
-      });
+      const int64_t nb = n1 - n0;
+      for (int64_t i = 0; i < nb * C; ++i) sums[i] *= inv_l;  // sum -> mean, the saved statistic
+      SeScratch<acc_t> t(mlp, nb);
+      mlp.forward(sums, nb, t.u.data(), t.h.data(), t.o.data(), coef[0]);
     };
     reduce_head_apply<scalar_t, 1, 1>(plan, in, out, pooled.data_ptr<acc_t>(), IdentityMap{}, head, apply);
   });
@@ -156,7 +183,7 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate, /*for_backward=*/true);
     const at::Tensor p_all = pooled.contiguous();  // (N, C), tiny
     const acc_t* p_data = p_all.const_data_ptr<acc_t>();
     // Per-sample pieces of the weight gradients, reduced over n in order below.
@@ -167,8 +194,9 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
       std::vector<ChannelView> views;
       for (const at::Tensor* t : inputs) views.push_back(ChannelView::of(*t));
       for (const at::Tensor& t : grads_out) views.push_back(ChannelView::of(t));
+      const int64_t weight_bytes = 4 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
       const Plan plan =
-          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes);
       InStreams<scalar_t, NIn> in;
       for (size_t k = 0; k < NIn; ++k) {
         in[k] = make_stream(inputs[k]->template const_data_ptr<scalar_t>(), views[k], plan, k);
@@ -180,18 +208,13 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
       const acc_t inv_l = acc_t(1) / static_cast<acc_t>(plan.l);
 
       auto head = [&](int64_t n0, int64_t n1, acc_t* G, std::array<acc_t*, 2>& coef) {
-        at::parallel_for(0, n1 - n0, 1, [&](int64_t begin, int64_t end) {
-          SeScratch<acc_t> t(mlp);
-          std::vector<acc_t> d_p(static_cast<size_t>(C));
-          for (int64_t i = begin; i < end; ++i) {
-            const int64_t n = n0 + i;
-            acc_t* h = h_all.data() + n * R;
-            mlp.forward(p_data + n * C, t.u.data(), h, t.o.data(), coef[0] + i * C);
-            mlp.backward(G + i * C, t.u.data(), t.o.data(), d_o.data() + n * C, d_u.data() + n * R,
-                         d_p.data());
-            for (int64_t c = 0; c < C; ++c) coef[1][i * C + c] = d_p[c] * inv_l;
-          }
-        });
+        const int64_t nb = n1 - n0;
+        SeScratch<acc_t> t(mlp, nb);
+        acc_t* h = h_all.data() + n0 * R;  // kept for dW2
+        mlp.forward(p_data + n0 * C, nb, t.u.data(), h, t.o.data(), coef[0]);
+        mlp.backward(G, t.u.data(), t.o.data(), coef[0], nb, d_o.data() + n0 * C, d_u.data() + n0 * R,
+                     t.d_p.data());
+        for (int64_t i = 0; i < nb * C; ++i) coef[1][i] = t.d_p[i] * inv_l;
       };
       reduce_head_apply<scalar_t, NIn, 2>(plan, in, out, grads.data(), map, head, apply);
     }  // else N, C or L is 0: G = 0, so every gradient below is 0

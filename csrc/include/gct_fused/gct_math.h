@@ -67,11 +67,15 @@ struct GctChannelGrad {
   T dgamma;  // ... to dgamma
 };
 
-// d loss / d z for one channel, from G = sum dy * x and the forward's z.
+// d loss / d z for one channel, from G = sum dy * x and t = tanh(z) of the forward.
+template <typename T>
+GF_HD T gct_dz_from_tanh(T grad_gate, T t) {
+  return grad_gate * (T(1) - t * t);
+}
+
 template <typename T>
 GF_HD T gct_dz(T grad_gate, T z) {
-  const T t = gf_tanh(z);
-  return grad_gate * (T(1) - t * t);
+  return gct_dz_from_tanh(grad_gate, gf_tanh(z));
 }
 
 // One channel of the backward head, once Q = sum_c dz * gamma * e is known.

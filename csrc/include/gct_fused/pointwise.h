@@ -38,14 +38,17 @@ GF_HD T gate_forward(Gate gate, T o) {
   return o / T(6) + T(0.5);
 }
 
+// d gate(o) / do, given s = gate(o) (the sigmoid's derivative is s (1 - s)).
+template <typename T>
+GF_HD T gate_derivative(Gate gate, T o, T s) {
+  if (gate == Gate::kSigmoid) return s * (T(1) - s);
+  return (o > T(-3) && o < T(3)) ? T(1) / T(6) : T(0);
+}
+
 // d gate(o) / do
 template <typename T>
 GF_HD T gate_derivative(Gate gate, T o) {
-  if (gate == Gate::kSigmoid) {
-    const T sg = sigmoid(o);
-    return sg * (T(1) - sg);
-  }
-  return (o > T(-3) && o < T(3)) ? T(1) / T(6) : T(0);
+  return gate_derivative(gate, o, gate_forward(gate, o));
 }
 
 }  // namespace gct_fused
