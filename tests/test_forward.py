@@ -97,3 +97,28 @@ def test_gct_identity_at_init_is_exact(backend):
         ones, zeros = torch.ones(5, dtype=dtype, device=device), torch.zeros(5, dtype=dtype, device=device)
         for mode in ("l2", "l1"):
             assert torch.equal(gct_fused.gct(x, ones, zeros, zeros, mode=mode, backend=backend), x)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape,dtype", [((2, 64, 183, 181), torch.float32), ((2, 64, 256, 257), torch.bfloat16)],
+                         ids=["fp32-odd-rows", "bf16"])
+def test_maps_larger_than_the_cache_cpu(shape, dtype, layout):
+    """Outputs of >= 16 MB take the CPU kernels' streaming-store path (odd row lengths:
+    rows start unaligned); forward and backward must match the reference all the same."""
+    device = backend_device("cpu")
+    x = make_map(shape, dtype, device, layout)
+    assert x.numel() * x.element_size() >= 16 << 20
+    params = make_gct_params(shape[1], dtype, device)
+    y = gct_fused.gct(x, *params, backend="cpu")
+    assert_close(y, reference.gct(f64(x), *map(f64, params)), FORWARD_TOL[dtype], "gct large")
+    sp = make_se_params(shape[1], 8, dtype, device)
+    identity = make_map(shape, dtype, device, layout, seed=5).requires_grad_(True)
+    xg = x.detach().requires_grad_(True)
+    y = gct_fused.se_residual(xg, identity, *sp, backend="cpu")
+    assert_close(y, reference.se_residual(f64(x), f64(identity), *map(f64, sp)), FORWARD_TOL[dtype], "se_residual large")
+    y.backward(torch.ones_like(y))
+    xr, ir = f64(x).requires_grad_(True), f64(identity).requires_grad_(True)
+    reference.se_residual(xr, ir, *map(f64, sp)).backward(torch.ones(shape, dtype=torch.float64))
+    from helpers import grad_tol
+    assert_close(xg.grad, xr.grad, grad_tol(dtype, xr.grad), "dx large")
+    assert_close(identity.grad, ir.grad, grad_tol(dtype, ir.grad), "didentity large")

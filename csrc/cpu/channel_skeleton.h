@@ -28,7 +28,13 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "../op_common.h"
 #include "gct_fused/macros.h"
@@ -97,6 +103,42 @@ struct Lanes {
   }
 };
 
+// Non-temporal ("streaming") store of one full vector to a vector-aligned address.
+// An output written with ordinary stores is first read into cache (read for
+// ownership): for a map larger than the cache that is a third DRAM pass on top of
+// reading x and writing y. Streaming stores skip it. Used only for outputs too large
+// to be read back from cache by the next layer anyway (Plan::stream_stores).
+template <typename scalar_t>
+inline void store_streaming(scalar_t* p, const Vectorized<scalar_t>& v) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) _mm512_stream_ps(p, v);
+  else if constexpr (std::is_same_v<scalar_t, double>) _mm512_stream_pd(p, v);
+  else _mm512_stream_si512(reinterpret_cast<__m512i*>(p), v);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) _mm256_stream_ps(p, v);
+  else if constexpr (std::is_same_v<scalar_t, double>) _mm256_stream_pd(p, v);
+  else _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+#else
+  v.store(p);
+#endif
+}
+
+// Orders streaming stores before whatever follows (they are weakly ordered).
+inline void streaming_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
+template <typename scalar_t>
+inline void store_lanes_streaming(scalar_t* p, const Vectorized<acc_type<scalar_t>>* in) {
+  if constexpr (Lanes<scalar_t>::kParts == 1) {
+    store_streaming<scalar_t>(p, in[0]);
+  } else {
+    store_streaming<scalar_t>(p, at::vec::convert_from_float<scalar_t>(in[0], in[1]));
+  }
+}
+
 // A tensor taking part in a pass, as its (N, C, L) strides. On the generic path
 // `offsets` holds the offset of every spatial index l.
 template <typename ptr_t>
@@ -123,6 +165,8 @@ struct Plan {
   // Small samples: each thread runs reduce -> head -> apply on whole samples, so the
   // apply re-reads a sample from its own L2. Large ones: all threads share a chunk.
   bool sample_parallel = false;
+  // Outputs larger than the cache are written with streaming stores (see store_streaming).
+  bool stream_stores = false;
   std::vector<std::vector<int64_t>> offset_tables;  // generic path: one per tensor
 
   int64_t tile_elems() const { return tile_c * tile_l; }
@@ -140,6 +184,8 @@ constexpr int64_t kTileElems = 16384;
 // Largest per-sample working set (inputs of the reduce plus the head's data) that a
 // thread processes on its own, out of its L2 (1 MB per core on the machines we target).
 constexpr int64_t kSampleBytes = int64_t(640) << 10;
+// Outputs of at least this many bytes in total are written with streaming stores.
+constexpr int64_t kStreamOutputBytes = int64_t(16) << 20;
 // Smallest amount of work worth waking a thread for.
 constexpr int64_t kGrainElems = 32768;
 
@@ -150,7 +196,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return b == 0 ? 0 : (a + b - 1) 
 // `head_bytes_per_sample` what the head touches per sample (e.g. the SE weights,
 // which a thread running whole samples would stream once per sample).
 inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_bytes_per_sample,
-                      int64_t head_bytes_per_sample = 0) {
+                      int64_t head_bytes_per_sample, int64_t output_bytes) {
   Plan plan;
   const ChannelView& v0 = views.front();
   plan.n = v0.n;
@@ -194,6 +240,7 @@ inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_byte
   // The choice only moves work between threads: every value is computed the same way
   // either way, so results do not depend on it (or on the thread count).
   plan.sample_parallel = plan.n >= 2 && reduce_bytes_per_sample + head_bytes_per_sample <= kSampleBytes;
+  plan.stream_stores = output_bytes >= kStreamOutputBytes;
   return plan;
 }
 
@@ -343,11 +390,14 @@ void accumulate_contiguous(const std::array<const scalar_t*, NR>& in, int64_t le
 
 // out[j][i] = apply(in[.][i], coef) over `len` contiguous elements. With
 // kCoefAlongRow the coefficients vary along the row (coef[k][i], channels_last);
-// otherwise they are one scalar per coefficient (coef[k][0], NCHW rows).
+// otherwise they are one scalar per coefficient (coef[k][0], NCHW rows). With
+// `streaming`, full vectors go out through streaming stores once the outputs are
+// vector-aligned (elements before that point are written one by one).
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, bool kCoefAlongRow, typename Apply>
 void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
                       const std::array<scalar_t*, NOut>& out, int64_t len,
-                      const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply) {
+                      const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply,
+                      bool streaming) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
@@ -355,7 +405,27 @@ void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
   if constexpr (!kCoefAlongRow) {
     for (size_t k = 0; k < NK; ++k) fixed[k] = Vacc(coef[k][0]);
   }
+  auto scalar_at = [&](int64_t i) {
+    acc_t args[NIn], cf[NK > 0 ? NK : 1], res[NOut];
+    for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(in[k][i]);
+    for (size_t k = 0; k < NK; ++k) cf[k] = kCoefAlongRow ? coef[k][i] : coef[k][0];
+    apply(args, cf, res);
+    for (size_t j = 0; j < NOut; ++j) out[j][i] = static_cast<scalar_t>(res[j]);
+  };
   int64_t i = 0;
+  if (streaming) {
+    // Peel elements until out[0] is vector-aligned; every output must then be too.
+    constexpr uintptr_t kAlign = sizeof(Vectorized<scalar_t>);
+    const uintptr_t mis = reinterpret_cast<uintptr_t>(out[0]) % kAlign;
+    for (size_t j = 1; j < NOut; ++j) {
+      streaming = streaming && reinterpret_cast<uintptr_t>(out[j]) % kAlign == mis;
+    }
+    streaming = streaming && mis % sizeof(scalar_t) == 0;
+    if (streaming) {
+      const int64_t peel = std::min<int64_t>(len, static_cast<int64_t>((kAlign - mis) % kAlign / sizeof(scalar_t)));
+      for (; i < peel; ++i) scalar_at(i);
+    }
+  }
   for (; i + L::kStep <= len; i += L::kStep) {
     Vacc v[NIn][L::kParts];
     Vacc r[NOut][L::kParts];
@@ -364,20 +434,18 @@ void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
       Vacc args[NIn], cf[NK > 0 ? NK : 1], res[NOut];
       for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
       for (size_t k = 0; k < NK; ++k) {
-        cf[k] = kCoefAlongRow ? Vacc::loadu(coef[k] + i + p * Vacc::size()) : fixed[k];
+        if constexpr (kCoefAlongRow) cf[k] = Vacc::loadu(coef[k] + i + p * Vacc::size());
+        else cf[k] = fixed[k];
       }
       apply(args, cf, res);
       for (size_t j = 0; j < NOut; ++j) r[j][p] = res[j];
     }
-    for (size_t j = 0; j < NOut; ++j) L::store(out[j] + i, r[j]);
+    for (size_t j = 0; j < NOut; ++j) {
+      if (streaming) store_lanes_streaming<scalar_t>(out[j] + i, r[j]);
+      else L::store(out[j] + i, r[j]);
+    }
   }
-  for (; i < len; ++i) {
-    acc_t args[NIn], cf[NK > 0 ? NK : 1], res[NOut];
-    for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(in[k][i]);
-    for (size_t k = 0; k < NK; ++k) cf[k] = kCoefAlongRow ? coef[k][i] : coef[k][0];
-    apply(args, cf, res);
-    for (size_t j = 0; j < NOut; ++j) out[j][i] = static_cast<scalar_t>(res[j]);
-  }
+  for (; i < len; ++i) scalar_at(i);
 }
 
 // ---------------------------------------------------------------------------
@@ -486,7 +554,7 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
           std::array<scalar_t*, NOut> dst;
           for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, 0, l);
           for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, 0, l);
-          apply_contiguous<scalar_t, NIn, NOut, NK, true>(src, dst, C, cf, apply);
+          apply_contiguous<scalar_t, NIn, NOut, NK, true>(src, dst, C, cf, apply, plan.stream_stores);
         }
         continue;
       }
@@ -498,7 +566,8 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
           std::array<scalar_t*, NOut> dst;
           for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, c, tile.l0);
           for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, c, tile.l0);
-          apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, tile.l1 - tile.l0, cf, apply);
+          apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, tile.l1 - tile.l0, cf, apply,
+                                                            plan.stream_stores);
           continue;
         }
         acc_t fixed[NK > 0 ? NK : 1];
@@ -517,6 +586,7 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
         }
       }
     }
+    if (plan.stream_stores) streaming_fence();
   });
 }
 

@@ -80,7 +80,8 @@ std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at
     GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma),
                        to_acc_vector<acc_t>(beta), mode, static_cast<acc_t>(epsilon), x.size(1)};
     const std::vector<ChannelView> views{ChannelView::of(x), ChannelView::of(y)};
-    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+    const int64_t map_bytes = x.numel() * int64_t(sizeof(scalar_t));
+    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), 0, map_bytes);
     const InStreams<scalar_t, 1> in{make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0)};
     const OutStreams<scalar_t, 1> out{make_stream(y.data_ptr<scalar_t>(), views[1], plan, 1)};
     const int64_t C = plan.c;
@@ -126,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
 
     if (x.numel() > 0) {
       const std::vector<ChannelView> views{ChannelView::of(dy), ChannelView::of(x), ChannelView::of(dx)};
-      const Plan plan = make_plan(views, 2 * views[0].c * views[0].l * int64_t(sizeof(scalar_t)));
+      const Plan plan = make_plan(views, 2 * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), 0,
+                                  x.numel() * int64_t(sizeof(scalar_t)));
       const InStreams<scalar_t, 2> in{make_stream(dy.const_data_ptr<scalar_t>(), views[0], plan, 0),
                                       make_stream(x.const_data_ptr<scalar_t>(), views[1], plan, 1)};
       const OutStreams<scalar_t, 1> out{make_stream(dx.data_ptr<scalar_t>(), views[2], plan, 2)};

@@ -149,7 +149,8 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
     if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
     views.push_back(ChannelView::of(y));
     const int64_t weight_bytes = 2 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
-    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes);
+    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
+                                x.numel() * int64_t(sizeof(scalar_t)));
     InStreams<scalar_t, NIn> in;
     in[0] = make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0);
     if constexpr (NIn == 2) in[1] = make_stream(identity->const_data_ptr<scalar_t>(), views[1], plan, 1);
@@ -196,7 +197,8 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
       for (const at::Tensor& t : grads_out) views.push_back(ChannelView::of(t));
       const int64_t weight_bytes = 4 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
       const Plan plan =
-          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes);
+          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
+                    NOut * x.numel() * int64_t(sizeof(scalar_t)));
       InStreams<scalar_t, NIn> in;
       for (size_t k = 0; k < NIn; ++k) {
         in[k] = make_stream(inputs[k]->template const_data_ptr<scalar_t>(), views[k], plan, k);
