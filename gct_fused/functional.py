@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
 
 from . import _validate, reference
 from ._backends import fused_op, resolve_backend
+
+
+def _backend_for(backend: str, device: torch.device) -> str:
+    """resolve_backend, except while torch.onnx.export traces the model: the fused ops have
+    no ONNX form, so the exporter traces the published formulas (plain aten ops) instead.
+    (torch.onnx is imported by any export; while it is not, nothing is being exported.)"""
+    if "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export():
+        return "reference"
+    return resolve_backend(backend, device)
 
 
 def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
@@ -26,7 +36,7 @@ def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     gct_fused.available_backends). Returns a tensor of x's shape, dtype and memory format.
     """
     _validate.check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
-    name = resolve_backend(backend, x.device)
+    name = _backend_for(backend, x.device)
     if name == "reference":
         return reference.gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
     # The ops take parameters of any shape holding C values, (1, C, 1, 1) included, and
@@ -46,7 +56,7 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor]
     the MLP run in float32 (float64 for a float64 x). See gct() for `backend`.
     """
     _validate.check_se(x, w1, b1, w2, b2, activation, gate)
-    name = resolve_backend(backend, x.device)
+    name = _backend_for(backend, x.device)
     if name == "reference":
         return reference.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
     y, _ = fused_op(name, "se_forward")(x, w1, b1, w2, b2, activation, gate)
@@ -66,7 +76,7 @@ def se_residual(x: torch.Tensor, identity: torch.Tensor, w1: torch.Tensor, b1: O
     _validate.check_se(x, w1, b1, w2, b2, activation, gate, fn="se_residual")
     _validate.check_same_map(x, identity, "identity", "se_residual")
     _validate.check_choice(activation_after, _validate.ACTIVATIONS_AFTER, "activation_after", "se_residual")
-    name = resolve_backend(backend, x.device)
+    name = _backend_for(backend, x.device)
     if name == "reference":
         return reference.se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after)
     y, _ = fused_op(name, "se_residual_forward")(x, identity, w1, b1, w2, b2, activation, gate,

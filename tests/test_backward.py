@@ -6,7 +6,7 @@ import torch
 
 import gct_fused
 from gct_fused import reference
-from helpers import (DTYPES, FUSED_BACKENDS, GCT_MODES, LAYOUTS, SE_VARIANTS, assert_close, backend_device,
+from helpers import (DTYPES, FUSED_BACKENDS, GCT_MODES, LAYOUTS, SE_VARIANTS, assert_close, backend_device, thin_for_interpreter,
                      f64, grad_tol, make_gct_params, make_map, make_se_params)
 
 SHAPES = ((2, 5, 7, 3), (1, 1, 4, 4), (3, 6, 1, 1), (2, 7, 13), (2, 3, 2, 3, 5), (4, 9))
@@ -40,6 +40,7 @@ def _check(fused_fn, reference_fn, tensors, dy, dtype, names):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_gct_backward(backend, mode, after_relu, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     dy = make_map(shape, dtype, device, layout, seed=3)
     params = make_gct_params(shape[1], dtype, device)
@@ -55,6 +56,7 @@ def test_gct_backward(backend, mode, after_relu, dtype, layout, shape):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_se_backward(backend, activation, gate, bias, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     dy = make_map(shape, dtype, device, layout, seed=3)
     params = make_se_params(shape[1], 3, dtype, device, bias=bias)
@@ -70,6 +72,7 @@ def test_se_backward(backend, activation, gate, bias, dtype, layout, shape):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_se_residual_backward(backend, activation_after, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     identity = make_map(shape, dtype, device, layout, seed=4)
     dy = make_map(shape, dtype, device, "nchw", seed=3)  # the gradient in another layout

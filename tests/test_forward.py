@@ -7,7 +7,7 @@ import torch
 import gct_fused
 from gct_fused import reference
 from helpers import (DTYPES, FORWARD_TOL, FUSED_BACKENDS, GCT_MODES, LAYOUTS, SE_VARIANTS, SHAPES,
-                     assert_close, backend_device, f64, make_gct_params, make_map, make_se_params)
+                     assert_close, backend_device, thin_for_interpreter, f64, make_gct_params, make_map, make_se_params)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -17,6 +17,7 @@ from helpers import (DTYPES, FORWARD_TOL, FUSED_BACKENDS, GCT_MODES, LAYOUTS, SE
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_gct_forward(backend, mode, after_relu, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     params = make_gct_params(shape[1], dtype, device)
     y = gct_fused.gct(x, *params, mode=mode, after_relu=after_relu, backend=backend)
@@ -34,6 +35,7 @@ def test_gct_forward(backend, mode, after_relu, dtype, layout, shape):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_se_forward(backend, activation, gate, bias, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     params = make_se_params(shape[1], 3, dtype, device, bias=bias)
     y = gct_fused.squeeze_excite(x, *params, activation, gate, backend=backend)
@@ -51,6 +53,7 @@ def test_se_forward(backend, activation, gate, bias, dtype, layout, shape):
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_se_residual_forward(backend, activation_after, dtype, layout, shape):
     device = backend_device(backend)
+    thin_for_interpreter(backend, device, dtype, layout, shape)
     x = make_map(shape, dtype, device, layout)
     identity = make_map(shape, dtype, device, "nchw", seed=7)  # a layout of its own
     params = make_se_params(shape[1], 4, dtype, device)
