@@ -34,9 +34,14 @@ Epilogue parse_epilogue(c10::string_view activation_after) {
 void check_feature_map(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() >= 2, name, " must have shape (N, C, *spatial) with rank >= 2, got shape ",
                     x.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), name,
-                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ",
-                   x.scalar_type());
+  const auto t = x.scalar_type();
+  // Exactly the dtypes every kernel dispatches on (at::isFloatingType also admits float8).
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
+                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", t);
+}
+
+void check_epsilon(double epsilon) {
+  TORCH_CHECK_VALUE(epsilon >= 0, "gct: epsilon must be a non-negative number, got ", epsilon);
 }
 
 void check_same_map(const at::Tensor& x, const at::Tensor& other, const char* name) {

@@ -21,6 +21,9 @@ Epilogue parse_epilogue(c10::string_view activation_after);
 // x must be a floating tensor of rank >= 2 laid out as (N, C, *spatial).
 void check_feature_map(const at::Tensor& x, const char* name);
 
+// GCT's epsilon must be >= 0 (not NaN).
+void check_epsilon(double epsilon);
+
 // `other` must have exactly x's shape, device and dtype (dy, identity, the saved output).
 void check_same_map(const at::Tensor& x, const at::Tensor& other, const char* name);
 

@@ -33,6 +33,16 @@ def _bias_grad_like(bias, weight: torch.Tensor, size: int) -> torch.Tensor:
     return weight.new_empty((size,)) if bias is None else _grad_like(bias)
 
 
+def _same_device(fn: str, x: torch.Tensor, **tensors) -> None:
+    """Every tensor argument on x's device. The fake implementations below also serve the Meta
+    dispatch key, which the dispatcher picks whenever any argument is on "meta": without this
+    check a call mixing meta and real tensors would return uninitialized real tensors instead of
+    an error."""
+    for name, t in tensors.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
+
+
 def register_family(prefix: str) -> None:
     """Registers fake implementations and autograd for the ops named `prefix + name`."""
     lib = "gct_fused::" + prefix
@@ -43,27 +53,33 @@ def register_family(prefix: str) -> None:
     # ---- fake implementations: shapes, dtypes and strides of the real kernels -------
     @torch.library.register_fake(lib + "gct_forward")
     def _gct_forward_fake(x, alpha, gamma, beta, epsilon, mode, after_relu):
+        _same_device("gct", x, alpha=alpha, gamma=gamma, beta=beta)
         return torch.empty_like(x), _stats_like(x)
 
     @torch.library.register_fake(lib + "gct_backward")
     def _gct_backward_fake(dy, x, alpha, gamma, beta, stats, epsilon, mode, after_relu):
+        _same_device("gct", x, dy=dy, alpha=alpha, gamma=gamma, beta=beta, stats=stats)
         return torch.empty_like(x), _grad_like(alpha), _grad_like(gamma), _grad_like(beta)
 
     @torch.library.register_fake(lib + "se_forward")
     def _se_forward_fake(x, w1, b1, w2, b2, activation, gate):
+        _same_device("squeeze_excite", x, w1=w1, b1=b1, w2=w2, b2=b2)
         return torch.empty_like(x), _stats_like(x)
 
     @torch.library.register_fake(lib + "se_backward")
     def _se_backward_fake(dy, x, w1, b1, w2, b2, pooled, activation, gate):
+        _same_device("squeeze_excite", x, dy=dy, w1=w1, b1=b1, w2=w2, b2=b2, pooled=pooled)
         return (torch.empty_like(x), _grad_like(w1), _bias_grad_like(b1, w1, w1.shape[0]),
                 _grad_like(w2), _bias_grad_like(b2, w2, w2.shape[0]))
 
     @torch.library.register_fake(lib + "se_residual_forward")
     def _se_residual_forward_fake(x, identity, w1, b1, w2, b2, activation, gate, activation_after):
+        _same_device("se_residual", x, identity=identity, w1=w1, b1=b1, w2=w2, b2=b2)
         return torch.empty_like(x), _stats_like(x)
 
     @torch.library.register_fake(lib + "se_residual_backward")
     def _se_residual_backward_fake(dy, x, y, w1, b1, w2, b2, pooled, activation, gate):
+        _same_device("se_residual", x, dy=dy, y=y, w1=w1, b1=b1, w2=w2, b2=b2, pooled=pooled)
         return (torch.empty_like(x), torch.empty_like(x), _grad_like(w1),
                 _bias_grad_like(b1, w1, w1.shape[0]), _grad_like(w2),
                 _bias_grad_like(b2, w2, w2.shape[0]))

@@ -25,3 +25,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "large" in item.keywords:
             item.add_marker(skip)
+
+
+# ---- Hypothesis profiles (the property-based tests of test_fuzz.py) -------------------------
+# HYPOTHESIS_PROFILE=ci (default): a few hundred cases per backend, derandomized so that a CI
+#   run is reproducible (see fuzz_support.EXAMPLES for the per-backend counts).
+# HYPOTHESIS_PROFILE=nightly: >= 1,000 cases per backend, new random cases on every run.
+# HYPOTHESIS_PROFILE=dev: a handful of cases, while editing the tests.
+# The per-backend case counts are in fuzz_support.EXAMPLES (the interpreter gets fewer);
+# GCT_FUZZ_EXAMPLES=<n> overrides them all.
+try:
+    from hypothesis import HealthCheck, settings as _hyp_settings
+except ImportError:  # pragma: no cover - hypothesis is in requirements.txt
+    _hyp_settings = None
+if _hyp_settings is not None:
+    _common = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    _hyp_settings.register_profile("ci", derandomize=True, **_common)
+    _hyp_settings.register_profile("nightly", derandomize=False, **_common)
+    _hyp_settings.register_profile("dev", derandomize=True, **_common)
+    _hyp_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz cases each backend ran, and the memory measurements (see fuzz_support.summary_lines)."""
+    import sys
+    support = sys.modules.get("fuzz_support")
+    if support is None:
+        return
+    for line in support.summary_lines():
+        terminalreporter.write_line(line)

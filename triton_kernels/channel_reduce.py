@@ -48,7 +48,7 @@ def _mapped_tile(a_rows, b_rows, m_rows, l, mask, a_sl, b_sl, m_sl, MAP: tl.cons
     else:
         vb = tl.load(b_rows + l[None, :] * b_sl, mask=mask, other=0.0).to(ACC)
         vm = tl.load(m_rows + l[None, :] * m_sl, mask=mask, other=0.0)
-        v = tl.where(vm > 0, va * vb, 0.0)
+        v = tl.where(vm <= 0, 0.0, va) * vb  # relu backward at y (0 where y <= 0, NaN y passes), times x
     return v
 
 

@@ -120,6 +120,28 @@ def gate_grad(o, GATE: tl.constexpr):
 
 
 @device_function
+def activation_backward(grad, u, ACT: tl.constexpr):
+    """grad * d act(u) / du as autograd computes it: relu's is a selection (threshold_backward:
+    0 where u <= 0 even for an infinite or NaN grad, grad elsewhere, NaN u included), SiLU's a
+    product."""
+    if ACT == 0:
+        return tl.where(u <= 0, 0.0, grad)
+    else:
+        return grad * activation_grad(u, ACT)
+
+
+@device_function
+def gate_backward(grad, o, GATE: tl.constexpr):
+    """grad * d gate(o) / do as autograd computes it: hardsigmoid's is a selection
+    (hardtanh_backward: grad / 6 where -3 < o < 3, else 0 even for an infinite or NaN grad;
+    0 for a NaN o, as torch's vectorized kernel); the sigmoid's is a product."""
+    if GATE == 0:
+        return grad * gate_grad(o, GATE)
+    else:
+        return tl.where((o > -3.0) & (o < 3.0), grad * gate_grad(o, GATE), 0.0)
+
+
+@device_function
 def gct_embedding(s, alpha, eps, MODE: tl.constexpr):
     """e = alpha * sqrt(s + eps) (l2) or alpha * s (l1)."""
     if MODE == 0:

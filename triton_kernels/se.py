@@ -38,8 +38,8 @@ from .channel_reduce import (MAP_IDENTITY, MAP_MASKED_PRODUCT, MAP_PRODUCT, chan
                              split_block)
 from .launch import (OutputView, acc_dtype, check_index_range, device_function, input_view, launch,
                      programs_target, sm_count, spatial_size, tiling_for, tl_acc_dtype)
-from .pointwise import (ACT_RELU, ACT_SILU, GATE_HARDSIGMOID, GATE_SIGMOID, activation, activation_grad,
-                        div_precise, gate, gate_grad, relu, sum_along)
+from .pointwise import (ACT_RELU, ACT_SILU, GATE_HARDSIGMOID, GATE_SIGMOID, activation, activation_backward,
+                        div_precise, gate, gate_backward, relu, sum_along)
 
 # Elements of the [rows, cols, k] broadcast products that stand in for small GEMM tiles.
 PRODUCT_ELEMS = 8192
@@ -192,13 +192,13 @@ def se_backward_head_kernel(
             o += tl.load(b2_ptr + cols * b2_stride, mask=c_mask, other=0.0).to(ACC)[None, :]
         grad = combine_partial_rows(grad_partial_ptr, rows, cols, row_mask, c_mask, N, C, splits, ACC,
                                     SPLIT_BLOCK)
-        d_o = grad * gate_grad(o, GATE)
+        d_o = gate_backward(grad, o, GATE)
         tile_mask = row_mask[:, None] & c_mask[None, :]
         offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
         tl.store(s_ptr + offs, gate(o, GATE), mask=tile_mask)
         tl.store(d_o_ptr + offs, d_o, mask=tile_mask)
         d_h += matmul_nn(d_o, w2)
-    d_u = d_h * activation_grad(u, ACT)
+    d_u = activation_backward(d_h, u, ACT)
     tl.store(d_u_ptr + rows.to(tl.int64)[:, None] * R + r[None, :], d_u, mask=out_mask)
 
 
@@ -277,7 +277,7 @@ def se_backward_apply_kernel(
                 g = tl.load(dy_rows + l[None, :] * dy_sl, mask=mask, other=0.0).to(ACC)
                 if RESIDUAL:
                     yv = tl.load(y_rows + l[None, :] * y_sl, mask=mask, other=0.0)
-                    g = tl.where(yv > 0, g, 0.0)
+                    g = tl.where(yv <= 0, 0.0, g)  # as threshold_backward: NaN y passes dy
                     tl.store(di_rows + l[None, :] * di_sl, g.to(didentity_ptr.dtype.element_ty), mask=mask)
                 dx = g * s_row[:, None] + shift_row[:, None]
                 tl.store(dx_rows + l[None, :] * dx_sl, dx.to(dx_ptr.dtype.element_ty), mask=mask)

@@ -67,6 +67,16 @@ inline T v_positive(T v) { return v > T(0) ? T(1) : T(0); }
 template <typename T>
 inline Vectorized<T> v_positive(const Vectorized<T>& v) { return v.gt(Vectorized<T>(T(0))); }
 
+// grad * relu'(y) as torch's threshold_backward computes it: 0 where y <= 0 (a selection,
+// so an infinite or NaN grad gives 0 there), grad elsewhere (NaN y included).
+template <typename T>
+inline T v_relu_grad(T grad, T y) { return y <= T(0) ? T(0) : grad; }
+template <typename T>
+inline Vectorized<T> v_relu_grad(const Vectorized<T>& grad, const Vectorized<T>& y) {
+  const Vectorized<T> zero(T(0));
+  return Vectorized<T>::blendv(grad, zero, y <= zero);
+}
+
 // relu that keeps NaN, as torch.relu does.
 template <typename T>
 inline T v_relu(T v) { return v < T(0) ? T(0) : v; }
@@ -140,7 +150,8 @@ inline void store_lanes_streaming(scalar_t* p, const Vectorized<acc_type<scalar_
 }
 
 // A tensor taking part in a pass, as its (N, C, L) strides. On the generic path
-// `offsets` holds the offset of every spatial index l.
+// `offsets` holds the offset of every spatial index l when the spatial dims do not merge
+// into one stride (null otherwise: see spatial_offset).
 template <typename ptr_t>
 struct Stream {
   ptr_t data = nullptr;
@@ -215,15 +226,11 @@ inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_byte
     plan.path = Path::kRowsAlongC;
   } else {
     plan.path = Path::kGeneric;
+    // Only views whose spatial dims do not merge need a table; a merged view (e.g. the
+    // stride-0 dy of y.sum().backward()) is addressed as l * stride_l, which keeps the
+    // extra memory O(N * C) instead of 8 bytes per spatial position per tensor.
     for (const auto& v : views) {
-      std::vector<int64_t> table;
-      if (v.merged) {
-        table.resize(static_cast<size_t>(v.l));
-        for (int64_t i = 0; i < v.l; ++i) table[static_cast<size_t>(i)] = i * v.stride_l;
-      } else {
-        table = v.spatial_offsets();
-      }
-      plan.offset_tables.push_back(std::move(table));
+      plan.offset_tables.push_back(v.merged ? std::vector<int64_t>() : v.spatial_offsets());
     }
   }
   const int64_t C = std::max<int64_t>(plan.c, 1), L = std::max<int64_t>(plan.l, 1);
@@ -262,8 +269,17 @@ Stream<ptr_t> make_stream(ptr_t data, const ChannelView& v, const Plan& plan, si
   s.stride_n = v.stride_n;
   s.stride_c = v.stride_c;
   s.stride_l = v.stride_l;
-  if (plan.path == Path::kGeneric) s.offsets = plan.offset_tables[table].data();
+  if (plan.path == Path::kGeneric && !plan.offset_tables[table].empty()) {
+    s.offsets = plan.offset_tables[table].data();
+  }
   return s;
+}
+
+// Offset of spatial index l on the generic path: from the table of an unmerged view, else
+// l * stride_l.
+template <typename ptr_t>
+inline int64_t spatial_offset(const Stream<ptr_t>& s, int64_t l) {
+  return s.offsets != nullptr ? s.offsets[l] : l * s.stride_l;
 }
 
 // ---------------------------------------------------------------------------
@@ -509,7 +525,7 @@ void reduce_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t 
             acc_t args[NR > 0 ? NR : 1];
             for (size_t k = 0; k < NR; ++k) {
               args[k] = static_cast<acc_t>(
-                  in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
+                  in[k].data[n * in[k].stride_n + c * in[k].stride_c + spatial_offset(in[k], l)]);
             }
             sum += map(args);
           }
@@ -576,11 +592,11 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
           acc_t args[NIn], res[NOut];
           for (size_t k = 0; k < NIn; ++k) {
             args[k] = static_cast<acc_t>(
-                in[k].data[n * in[k].stride_n + c * in[k].stride_c + in[k].offsets[l]]);
+                in[k].data[n * in[k].stride_n + c * in[k].stride_c + spatial_offset(in[k], l)]);
           }
           apply(args, fixed, res);
           for (size_t j = 0; j < NOut; ++j) {
-            out[j].data[n * out[j].stride_n + c * out[j].stride_c + out[j].offsets[l]] =
+            out[j].data[n * out[j].stride_n + c * out[j].stride_c + spatial_offset(out[j], l)] =
                 static_cast<scalar_t>(res[j]);
           }
         }

@@ -71,6 +71,7 @@ std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at
                                                    bool after_relu) {
   const GctMode mode = parse_gct_mode(mode_name);
   check_gct_args(x, alpha, gamma, beta);
+  check_epsilon(epsilon);
   at::Tensor y = at::empty_like(x);
   at::Tensor stats = at::empty({x.size(0), x.size(1)}, x.options().dtype(accumulate_dtype(x.scalar_type())));
   if (stats.numel() == 0) return {y, stats};
@@ -109,6 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
     bool after_relu) {
   const GctMode mode = parse_gct_mode(mode_name);
   check_gct_args(x, alpha, gamma, beta);
+  check_epsilon(epsilon);
   check_same_map(x, dy, "dy");
   check_stats(x, stats, "stats");
   at::Tensor dx = at::empty_like(x);

@@ -88,9 +88,9 @@ struct SeMlp {
   // dP = dU W1 (nb, C). Needs the transposes (for_backward).
   void backward(const acc_t* G, const acc_t* U, const acc_t* O, const acc_t* S, int64_t nb, acc_t* dO,
                 acc_t* dU, acc_t* dP) const {
-    for (int64_t i = 0; i < nb * channels; ++i) dO[i] = G[i] * gate_derivative(gate, O[i], S[i]);
+    for (int64_t i = 0; i < nb * channels; ++i) dO[i] = gate_backward(gate, G[i], O[i], S[i]);
     batched_matvec(w2t.data(), nullptr, hidden, channels, dO, nb, dU);
-    for (int64_t i = 0; i < nb * hidden; ++i) dU[i] *= activation_derivative(act, U[i]);
+    for (int64_t i = 0; i < nb * hidden; ++i) dU[i] = activation_backward(act, dU[i], U[i]);
     batched_matvec(w1t.data(), nullptr, channels, hidden, dU, nb, dP);
   }
 };
@@ -117,13 +117,14 @@ struct SeGradApply {  // in = (dy, x): dx = s * dy + d_p / L
   }
 };
 
-struct MaskedProductMap {  // in = (dy, x, y): sum dy * [y > 0] * x
-  template <typename V> V operator()(const V* in) const { return in[0] * v_positive(in[2]) * in[1]; }
+// g = relu's backward of dy at the output y (0 where y <= 0; see v_relu_grad).
+struct MaskedProductMap {  // in = (dy, x, y): sum g * x
+  template <typename V> V operator()(const V* in) const { return v_relu_grad(in[0], in[2]) * in[1]; }
 };
 
-struct ResidualGradApply {  // in = (dy, x, y): g = dy * [y > 0]; dx = s * g + d_p / L; di = g
+struct ResidualGradApply {  // in = (dy, x, y): dx = s * g + d_p / L; di = g
   template <typename V> void operator()(const V* in, const V* cf, V* out) const {
-    const V g = in[0] * v_positive(in[2]);
+    const V g = v_relu_grad(in[0], in[2]);
     out[0] = g * cf[0] + cf[1];
     out[1] = g;
   }

@@ -51,4 +51,24 @@ GF_HD T gate_derivative(Gate gate, T o) {
   return gate_derivative(gate, o, gate_forward(gate, o));
 }
 
+// grad * d gate(o) / do, given s = gate(o), as autograd computes it. hardsigmoid's is a
+// selection (hardtanh_backward): grad / 6 where -3 < o < 3, else 0 even for an infinite or
+// NaN grad (a product would give inf * 0 = NaN). A NaN o gives 0, as torch's vectorized
+// hardtanh_backward does (its scalar loop, used for the few elements of a tensor's tail,
+// passes grad instead: torch itself is not consistent there). The sigmoid's is a product,
+// as in sigmoid_backward.
+template <typename T>
+GF_HD T gate_backward(Gate gate, T grad, T o, T s) {
+  if (gate == Gate::kSigmoid) return grad * gate_derivative(gate, o, s);
+  return (o > T(-3) && o < T(3)) ? grad * (T(1) / T(6)) : T(0);
+}
+
+// grad * d act(u) / du as autograd computes it: relu's is a selection (threshold_backward: 0
+// where u <= 0, grad elsewhere, NaN u included), SiLU's a product (silu_backward).
+template <typename T>
+GF_HD T activation_backward(Activation act, T grad, T u) {
+  if (act == Activation::kReLU) return u <= T(0) ? T(0) : grad;
+  return grad * activation_derivative(act, u);
+}
+
 }  // namespace gct_fused

@@ -1,0 +1,143 @@
+"""Bitwise reproducibility: forward and backward give identical bits on repeated runs and
+whatever the number of CPU threads (torch.set_num_threads 1, 2, 3), on shapes that take every
+code path of the CPU kernels (csrc/cpu/channel_skeleton.h):
+
+  path kRowsAlongL (NCHW rows; many short rows per tile), kRowsAlongC (channels_last),
+  kGeneric (spatial dims that do not merge, stride-0 gradients), both-ways-contiguous maps
+  (C = 1 or L = 1); whole samples per thread (sample_parallel) and chunks of samples shared by
+  all threads; rows longer than 32768 split into L-tiles; outputs >= 16 MB written with
+  streaming stores; float32, bfloat16 (two vectors per load) and float64.
+
+The Triton kernels (under the interpreter here, on a GPU when there is one) are checked the
+same way on small maps, with the reduction forced to split along L.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import gct_fused
+from helpers import backend_device, interpreted, make_gct_params, make_map, make_se_params
+
+# (id, shape, layout of x, layout of dy, dtype)
+CPU_CASES = [
+    ("rows_along_L-sample_parallel", (8, 16, 33, 35), "nchw", "nchw", torch.float32),
+    ("rows_along_L-short_rows", (16, 96, 7, 7), "nchw", "nchw", torch.bfloat16),
+    ("rows_along_C-sample_parallel", (8, 64, 7, 9), "channels_last", "channels_last", torch.float32),
+    ("rows_along_C-chunked", (2, 256, 40, 40), "channels_last", "channels_last", torch.bfloat16),
+    ("rows_along_L-chunked", (2, 64, 64, 65), "nchw", "nchw", torch.float64),
+    ("generic-unmerged", (4, 8, 20, 21), "padded", "nchw", torch.float32),
+    ("generic-expanded_dy", (4, 8, 20, 21), "nchw", "expanded", torch.float32),
+    ("both_ways-C1", (8, 1, 32, 32), "nchw", "nchw", torch.float32),
+    ("both_ways-L1", (8, 64, 1, 1), "nchw", "channels_last", torch.float32),
+    ("split_L_tiles", (2, 3, 200, 201), "nchw", "nchw", torch.float32),
+    ("split_L_tiles-one_sample", (1, 2, 70001), "nchw", "nchw", torch.bfloat16),
+    ("streaming_stores-nchw", (2, 64, 183, 181), "nchw", "nchw", torch.float32),
+    ("streaming_stores-channels_last", (2, 64, 183, 181), "channels_last", "channels_last", torch.float32),
+]
+
+THREADS = (1, 2, 3)
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _tensor(shape, dtype, layout, seed):
+    if layout == "expanded":  # the gradient of y.sum(): one value, strides 0
+        return torch.full((), 0.75, dtype=dtype).expand(shape)
+    if layout == "padded":  # a slice whose spatial dims do not merge
+        big = make_map(tuple(s + 1 for s in shape), dtype, "cpu", seed=seed)
+        return big[tuple(slice(1, 1 + s) for s in shape)]
+    return make_map(shape, dtype, "cpu", layout, seed=seed)
+
+
+def _ops(backend, C):
+    """(name, fn(x, identity, *params), params) of every op variant, on CPU tensors."""
+    gp = make_gct_params(C, torch.float32, "cpu")
+    sp = make_se_params(C, max(C // 8, 2), torch.float32, "cpu")
+    return [
+        ("gct_l2", lambda x, i, *p: gct_fused.gct(x, *p, backend=backend), gp),
+        ("gct_l1", lambda x, i, *p: gct_fused.gct(x, *p, mode="l1", backend=backend), gp),
+        ("gct_l1_relu", lambda x, i, *p: gct_fused.gct(x, *p, mode="l1", after_relu=True, backend=backend), gp),
+        ("se_silu_hardsigmoid", lambda x, i, *p: gct_fused.squeeze_excite(x, *p, "silu", "hardsigmoid",
+                                                                          backend=backend), sp),
+        ("se_residual_relu", lambda x, i, *p: gct_fused.se_residual(x, i, *p, backend=backend), sp),
+    ]
+
+
+def _run(fn, x, identity, params, dy):
+    """Forward and backward: y and the gradients of x, identity (se_residual) and every parameter."""
+    leaves = [x.detach().requires_grad_(True), identity.detach().requires_grad_(True)]
+    p_leaves = [p.detach().requires_grad_(True) for p in params]
+    y = fn(*leaves, *p_leaves)
+    grads = torch.autograd.grad(y, leaves + p_leaves, dy, allow_unused=True)
+    return [y.detach()] + [g for g in grads if g is not None]
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(-1).view(_INT_OF_SIZE[t.element_size()])
+
+
+def _assert_bitwise(runs, what):
+    """Every run's outputs have the bits of the first run's (NaN-safe; -0.0 != 0.0)."""
+    first = runs[0]
+    for k, other in enumerate(runs[1:], 1):
+        assert len(other) == len(first)
+        for j, (a, b) in enumerate(zip(first, other)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.equal(_bits(a), _bits(b)), f"{what}: output {j} of run {k} differs from run 0 in its bits"
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=[c[0] for c in CPU_CASES])
+def test_cpu_bitwise_across_runs_and_thread_counts(case):
+    backend_device("cpu")
+    _, shape, layout, dy_layout, dtype = case
+    x = _tensor(shape, dtype, layout, 1)
+    dy = _tensor(shape, dtype, dy_layout, 2)
+    identity = _tensor(shape, dtype, layout if layout != "padded" else "nchw", 3)
+    for name, fn, params in _ops("cpu", shape[1]):
+        params = [None if p is None else p.to(torch.float64 if dtype == torch.float64 else torch.float32)
+                  for p in params]
+        runs = []
+        for threads in THREADS + (THREADS[-1],):  # the last count twice: repeat runs too
+            with num_threads(threads):
+                runs.append(_run(fn, x, identity, params, dy))
+        _assert_bitwise(runs, f"cpu {name} {case[0]} (threads {THREADS + (THREADS[-1],)})")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fused_gpu_backends_bitwise_across_runs(backend, layout):
+    """Triton (interpreted here) and CUDA: repeated runs, and (on the CPU) thread counts, give
+    the same bits; the reduction is forced to split along L (partials combined in order)."""
+    device = backend_device(backend)
+    from gct_fused.triton_kernels.launch import tiling_overrides
+    shape = (2, 3, 5, 9) if interpreted(backend, device) else (8, 96, 61, 67)
+    x = make_map(shape, torch.float32, device, layout, seed=1)
+    dy = make_map(shape, torch.float32, device, layout, seed=2)
+    identity = make_map(shape, torch.float32, device, layout, seed=3)
+    split = tiling_overrides(max_l_per_program=32) if backend == "triton" else contextlib.nullcontext()
+    ops = _ops(backend, shape[1])
+    if interpreted(backend, device):
+        ops = [ops[0], ops[4]]
+    with split:
+        for name, fn, params in ops:
+            params = [None if p is None else p.to(device) for p in params]
+            runs = []
+            for threads in ((1, 2, 2) if device.type == "cpu" else (2, 2, 2)):
+                with num_threads(threads):
+                    runs.append(_run(fn, x, identity, params, dy))
+            _assert_bitwise(runs, f"{backend} {name} {layout}")
