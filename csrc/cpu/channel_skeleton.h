@@ -379,6 +379,81 @@ acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR>& in, 
   return sum;
 }
 
+// Rows no longer than this go through the grouped short-row kernels below.
+constexpr int64_t kShortRow = 256;
+// Rows processed together by the short-row kernels.
+constexpr int kRowGroup = 4;
+
+// Sums of map(in) over `rows` short rows of `len` elements; row r of input k starts at
+// in[k] + r * row_stride[k] and its sum goes to out[r * out_stride]. Each row has one
+// vector accumulator, its lanes summed in order, then the scalar tail: the same
+// arithmetic whether a row is part of a group or not. Short rows (7x7 maps) spend most
+// of their time in loop set-up, the horizontal sum and the add chain of a single row;
+// kRowGroup independent rows per loop overlap all three.
+template <typename scalar_t, size_t NR, typename Map>
+void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
+                       int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
+                       const Map& map) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  const int64_t full = len - len % L::kStep;
+  auto finish = [&](const Vacc* acc, const scalar_t* const* base) -> acc_t {
+    Vacc total = acc[0];
+    for (int p = 1; p < L::kParts; ++p) total = total + acc[p];
+    acc_t lanes[Vacc::size()];
+    total.store(lanes);
+    acc_t sum = 0;
+    for (int64_t j = 0; j < Vacc::size(); ++j) sum += lanes[j];
+    for (int64_t i = full; i < len; ++i) {
+      acc_t args[NR > 0 ? NR : 1];
+      for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(base[k][i]);
+      sum += map(args);
+    }
+    return sum;
+  };
+  int64_t r = 0;
+  for (; r + kRowGroup <= rows; r += kRowGroup) {
+    const scalar_t* base[kRowGroup][NR > 0 ? NR : 1];
+    Vacc acc[kRowGroup][L::kParts];
+#pragma GCC unroll 8
+    for (int g = 0; g < kRowGroup; ++g) {
+      for (size_t k = 0; k < NR; ++k) base[g][k] = in[k] + (r + g) * row_stride[k];
+      for (auto& a : acc[g]) a = Vacc(acc_t(0));
+    }
+    for (int64_t i = 0; i < full; i += L::kStep) {
+#pragma GCC unroll 8
+      for (int g = 0; g < kRowGroup; ++g) {
+        Vacc v[NR > 0 ? NR : 1][L::kParts];
+        for (size_t k = 0; k < NR; ++k) L::load(base[g][k] + i, v[k]);
+        for (int p = 0; p < L::kParts; ++p) {
+          Vacc args[NR > 0 ? NR : 1];
+          for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+          acc[g][p] = acc[g][p] + map(args);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < kRowGroup; ++g) out[(r + g) * out_stride] = finish(acc[g], base[g]);
+  }
+  for (; r < rows; ++r) {
+    const scalar_t* base[NR > 0 ? NR : 1];
+    Vacc acc[L::kParts];
+    for (size_t k = 0; k < NR; ++k) base[k] = in[k] + r * row_stride[k];
+    for (auto& a : acc) a = Vacc(acc_t(0));
+    for (int64_t i = 0; i < full; i += L::kStep) {
+      Vacc v[NR > 0 ? NR : 1][L::kParts];
+      for (size_t k = 0; k < NR; ++k) L::load(base[k] + i, v[k]);
+      for (int p = 0; p < L::kParts; ++p) {
+        Vacc args[NR > 0 ? NR : 1];
+        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+        acc[p] = acc[p] + map(args);
+      }
+    }
+    out[r * out_stride] = finish(acc, base);
+  }
+}
+
 // partial[c] += map(in[c]) for c < len: one C-row of a channels_last tensor.
 template <typename scalar_t, size_t NR, typename Map>
 void accumulate_contiguous(const std::array<const scalar_t*, NR>& in, int64_t len,
@@ -464,6 +539,72 @@ void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
   for (; i < len; ++i) scalar_at(i);
 }
 
+// out[j] = apply(in, coef) over `rows` short rows of `len` elements with one set of
+// coefficients per row: row r of tensor k starts at in[k] + r * in_stride[k] (outputs:
+// out[j] + r * out_stride[j]) and uses coef[k][r]. kRowGroup rows per loop, for the
+// same reason as reduce_short_rows. Ordinary stores only (see apply_stage).
+template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
+void apply_short_rows(const std::array<const scalar_t*, NIn>& in, const std::array<int64_t, NIn>& in_stride,
+                      const std::array<scalar_t*, NOut>& out, const std::array<int64_t, NOut>& out_stride,
+                      int64_t rows, int64_t len, const std::array<const acc_type<scalar_t>*, NK>& coef,
+                      const Apply& apply) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  const int64_t full = len - len % L::kStep;
+  auto row = [&](int64_t r, const scalar_t** src, scalar_t** dst, Vacc* fixed, acc_t* fixed_s) {
+    for (size_t k = 0; k < NIn; ++k) src[k] = in[k] + r * in_stride[k];
+    for (size_t j = 0; j < NOut; ++j) dst[j] = out[j] + r * out_stride[j];
+    for (size_t k = 0; k < NK; ++k) {
+      fixed_s[k] = coef[k][r];
+      fixed[k] = Vacc(fixed_s[k]);
+    }
+  };
+  auto vec_step = [&](int64_t i, const scalar_t* const* src, scalar_t* const* dst, const Vacc* fixed) {
+    Vacc v[NIn][L::kParts];
+    Vacc res_all[NOut][L::kParts];
+    for (size_t k = 0; k < NIn; ++k) L::load(src[k] + i, v[k]);
+    for (int p = 0; p < L::kParts; ++p) {
+      Vacc args[NIn], res[NOut];
+      for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
+      apply(args, fixed, res);
+      for (size_t j = 0; j < NOut; ++j) res_all[j][p] = res[j];
+    }
+    for (size_t j = 0; j < NOut; ++j) L::store(dst[j] + i, res_all[j]);
+  };
+  auto tail = [&](const scalar_t* const* src, scalar_t* const* dst, const acc_t* fixed_s) {
+    for (int64_t i = full; i < len; ++i) {
+      acc_t args[NIn], res[NOut];
+      for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(src[k][i]);
+      apply(args, fixed_s, res);
+      for (size_t j = 0; j < NOut; ++j) dst[j][i] = static_cast<scalar_t>(res[j]);
+    }
+  };
+  int64_t r = 0;
+  for (; r + kRowGroup <= rows; r += kRowGroup) {
+    const scalar_t* src[kRowGroup][NIn];
+    scalar_t* dst[kRowGroup][NOut];
+    Vacc fixed[kRowGroup][NK > 0 ? NK : 1];
+    acc_t fixed_s[kRowGroup][NK > 0 ? NK : 1];
+#pragma GCC unroll 8
+    for (int g = 0; g < kRowGroup; ++g) row(r + g, src[g], dst[g], fixed[g], fixed_s[g]);
+    for (int64_t i = 0; i < full; i += L::kStep) {
+#pragma GCC unroll 8
+      for (int g = 0; g < kRowGroup; ++g) vec_step(i, src[g], dst[g], fixed[g]);
+    }
+    for (int g = 0; g < kRowGroup; ++g) tail(src[g], dst[g], fixed_s[g]);
+  }
+  for (; r < rows; ++r) {
+    const scalar_t* src[NIn];
+    scalar_t* dst[NOut];
+    Vacc fixed[NK > 0 ? NK : 1];
+    acc_t fixed_s[NK > 0 ? NK : 1];
+    row(r, src, dst, fixed, fixed_s);
+    for (int64_t i = 0; i < full; i += L::kStep) vec_step(i, src, dst, fixed);
+    tail(src, dst, fixed_s);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Stages over one chunk of samples [n0, n1).
 
@@ -512,6 +653,15 @@ void reduce_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t 
           for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, 0, l);
           accumulate_contiguous<scalar_t, NR>(rows, C, dst, map);
         }
+      } else if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow) {
+        std::array<const scalar_t*, NR> rows;
+        std::array<int64_t, NR> strides;
+        for (size_t k = 0; k < NR; ++k) {
+          rows[k] = row_ptr(in[k], n, tile.c0, tile.l0);
+          strides[k] = in[k].stride_c;
+        }
+        reduce_short_rows<scalar_t, NR>(rows, strides, tile.c1 - tile.c0, tile.l1 - tile.l0,
+                                        partial_at(i, tile.c0, lb), T, map);
       } else if (plan.path == Path::kRowsAlongL) {
         for (int64_t c = tile.c0; c < tile.c1; ++c) {
           std::array<const scalar_t*, NR> rows;
@@ -572,6 +722,25 @@ void apply_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in,
           for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, 0, l);
           apply_contiguous<scalar_t, NIn, NOut, NK, true>(src, dst, C, cf, apply, plan.stream_stores);
         }
+        continue;
+      }
+      if (plan.path == Path::kRowsAlongL && !plan.stream_stores && tile.l1 - tile.l0 <= kShortRow) {
+        std::array<const scalar_t*, NIn> src;
+        std::array<int64_t, NIn> src_stride;
+        std::array<scalar_t*, NOut> dst;
+        std::array<int64_t, NOut> dst_stride;
+        std::array<const acc_t*, NK> cf;
+        for (size_t k = 0; k < NIn; ++k) {
+          src[k] = row_ptr(in[k], n, tile.c0, tile.l0);
+          src_stride[k] = in[k].stride_c;
+        }
+        for (size_t j = 0; j < NOut; ++j) {
+          dst[j] = row_ptr(out[j], n, tile.c0, tile.l0);
+          dst_stride[j] = out[j].stride_c;
+        }
+        for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + i * C + tile.c0;
+        apply_short_rows<scalar_t, NIn, NOut, NK>(src, src_stride, dst, dst_stride, tile.c1 - tile.c0,
+                                                  tile.l1 - tile.l0, cf, apply);
         continue;
       }
       for (int64_t c = tile.c0; c < tile.c1; ++c) {

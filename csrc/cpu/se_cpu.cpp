@@ -21,44 +21,114 @@ inline int64_t mlp_grain(int64_t width) { return std::max<int64_t>(1, kGrainElem
 // time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
 // element is one dot product in a fixed order, whichever thread computes it, and each
 // weight row is used for all samples of the chunk while it sits in L1.
+// A weight matrix as a contiguous acc_t array: the tensor's own storage when it already
+// is one (float32 weights of a float32 call: no copy of what can be megabytes per
+// call), else a converted copy.
+template <typename acc_t>
+struct AccMatrix {
+  std::vector<acc_t> owned;
+  const acc_t* data = nullptr;
+  explicit AccMatrix(const at::Tensor& w) {
+    if (w.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && w.is_contiguous()) {
+      data = w.const_data_ptr<acc_t>();
+    } else {
+      owned = to_acc_vector<acc_t>(w);
+      data = owned.data();
+    }
+  }
+};
+
+// Samples whose dot products with one weight row are computed together.
+constexpr int64_t kMlpSamples = 4;
+
+// The MLP of one SE call in the accumulation type, applied to a chunk of samples at a
+// time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
+// element is one dot product in a fixed order (one vector accumulator along the row,
+// a fixed lane tree, then the tail), whichever thread computes it and whichever
+// samples it is computed with; each weight row is loaded once per kMlpSamples samples.
 template <typename acc_t>
 struct SeMlp {
   int64_t channels = 0, hidden = 0;
-  std::vector<acc_t> w1, b1, w2, b2;
-  std::vector<acc_t> w1t, w2t;  // transposes, (C, R) and (R, C): the backward's rows
+  AccMatrix<acc_t> w1m, w2m;
+  std::vector<acc_t> b1, b2;
   Activation act;
   Gate gate;
 
   SeMlp(const at::Tensor& w1_, const c10::optional<at::Tensor>& b1_, const at::Tensor& w2_,
-        const c10::optional<at::Tensor>& b2_, Activation act_, Gate gate_, bool for_backward)
-      : channels(w1_.size(1)), hidden(w1_.size(0)), w1(to_acc_vector<acc_t>(w1_)),
-        w2(to_acc_vector<acc_t>(w2_)), act(act_), gate(gate_) {
+        const c10::optional<at::Tensor>& b2_, Activation act_, Gate gate_)
+      : channels(w1_.size(1)), hidden(w1_.size(0)), w1m(w1_), w2m(w2_), act(act_), gate(gate_) {
     b1 = b1_.has_value() ? to_acc_vector<acc_t>(*b1_) : std::vector<acc_t>(hidden, acc_t(0));
     b2 = b2_.has_value() ? to_acc_vector<acc_t>(*b2_) : std::vector<acc_t>(channels, acc_t(0));
-    if (for_backward) {
-      w1t.resize(w1.size());
-      w2t.resize(w2.size());
-      for (int64_t r = 0; r < hidden; ++r) {
-        for (int64_t c = 0; c < channels; ++c) {
-          w1t[c * hidden + r] = w1[r * channels + c];
-          w2t[r * channels + c] = w2[c * hidden + r];
-        }
-      }
-    }
-  }
-
-  static acc_t dot(const acc_t* a, const acc_t* b, int64_t len) {
-    return reduce_contiguous<acc_t, 2>({a, b}, len, ProductMap{});
   }
 
   // out[n * rows + j] = bias[j] + mat[j, :] . in[n, :] for nb samples; mat is (rows, width).
   static void batched_matvec(const acc_t* mat, const acc_t* bias, int64_t rows, int64_t width,
                              const acc_t* in, int64_t nb, acc_t* out) {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t kW = V::size();
+    const int64_t full = width - width % kW;
+    // acc[s] holds the vector partial sums of sample n0 + s; finished in a fixed order.
+    auto finish = [&](const V& acc, int64_t j, int64_t n) {
+      acc_t lanes[kW];
+      acc.store(lanes);
+      acc_t sum = 0;
+      for (int64_t q = 0; q < kW; ++q) sum += lanes[q];
+      const acc_t* row = mat + j * width;
+      const acc_t* x = in + n * width;
+      for (int64_t i = full; i < width; ++i) sum += row[i] * x[i];
+      out[n * rows + j] = (bias == nullptr ? acc_t(0) : bias[j]) + sum;
+    };
     at::parallel_for(0, rows, mlp_grain(nb * width), [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
+        const acc_t* row = mat + j * width;
+        int64_t n = 0;
+        for (; n + kMlpSamples <= nb; n += kMlpSamples) {
+          V acc[kMlpSamples];
+#pragma GCC unroll 8
+          for (int64_t s = 0; s < kMlpSamples; ++s) acc[s] = V(acc_t(0));
+          for (int64_t i = 0; i < full; i += kW) {
+            const V w = V::loadu(row + i);
+#pragma GCC unroll 8
+            for (int64_t s = 0; s < kMlpSamples; ++s) acc[s] = at::vec::fmadd(w, V::loadu(in + (n + s) * width + i), acc[s]);
+          }
+#pragma GCC unroll 8
+          for (int64_t s = 0; s < kMlpSamples; ++s) finish(acc[s], j, n + s);
+        }
+        for (; n < nb; ++n) {
+          V acc(acc_t(0));
+          for (int64_t i = 0; i < full; i += kW) acc = at::vec::fmadd(V::loadu(row + i), V::loadu(in + n * width + i), acc);
+          finish(acc, j, n);
+        }
+      }
+    });
+  }
+
+  // out[n * cols + j] = sum_k in[n * depth + k] * mat[k, j] for nb samples; mat is (depth,
+  // cols). The backward's products with W2 and W1 as stored (no transposes): vectors run
+  // along j, the sum over k is sequential, so each element has a fixed order.
+  static void batched_vecmat(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t nb,
+                             acc_t* out) {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t kW = V::size();
+    constexpr int64_t kBlock = 4 * kW;  // columns per task row
+    const int64_t blocks = (cols + kBlock - 1) / kBlock;
+    at::parallel_for(0, blocks, mlp_grain(nb * depth * kBlock), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t j0 = b * kBlock, j1 = std::min(cols, j0 + kBlock);
         for (int64_t n = 0; n < nb; ++n) {
-          const acc_t b = bias == nullptr ? acc_t(0) : bias[j];
-          out[n * rows + j] = b + dot(mat + j * width, in + n * width, width);
+          const acc_t* x = in + n * depth;
+          acc_t* o = out + n * cols;
+          int64_t j = j0;
+          for (; j + kW <= j1; j += kW) {
+            V acc(acc_t(0));
+            for (int64_t k = 0; k < depth; ++k) acc = at::vec::fmadd(V(x[k]), V::loadu(mat + k * cols + j), acc);
+            acc.store(o + j);
+          }
+          for (; j < j1; ++j) {
+            acc_t acc = 0;
+            for (int64_t k = 0; k < depth; ++k) acc = acc + x[k] * mat[k * cols + j];
+            o[j] = acc;
+          }
         }
       }
     });
@@ -78,20 +148,20 @@ struct SeMlp {
 
   // P (nb, C) -> U = P W1^T + b1 (nb, R), H = act(U), O = H W2^T + b2 (nb, C), S = gate(O).
   void forward(const acc_t* P, int64_t nb, acc_t* U, acc_t* H, acc_t* O, acc_t* S) const {
-    batched_matvec(w1.data(), b1.data(), hidden, channels, P, nb, U);
+    batched_matvec(w1m.data, b1.data(), hidden, channels, P, nb, U);
     for (int64_t i = 0; i < nb * hidden; ++i) H[i] = activation_forward(act, U[i]);
-    batched_matvec(w2.data(), b2.data(), channels, hidden, H, nb, O);
+    batched_matvec(w2m.data, b2.data(), channels, hidden, H, nb, O);
     gate_array(O, S, nb * channels);
   }
 
   // From G = sum_l dy * x (nb, C): dO = G * gate'(O), dU = (dO W2) * act'(U) (nb, R),
-  // dP = dU W1 (nb, C). Needs the transposes (for_backward).
+  // dP = dU W1 (nb, C).
   void backward(const acc_t* G, const acc_t* U, const acc_t* O, const acc_t* S, int64_t nb, acc_t* dO,
                 acc_t* dU, acc_t* dP) const {
     for (int64_t i = 0; i < nb * channels; ++i) dO[i] = gate_backward(gate, G[i], O[i], S[i]);
-    batched_matvec(w2t.data(), nullptr, hidden, channels, dO, nb, dU);
+    batched_vecmat(w2m.data, channels, hidden, dO, nb, dU);  // dO (nb, C) W2 (C, R)
     for (int64_t i = 0; i < nb * hidden; ++i) dU[i] = activation_backward(act, dU[i], U[i]);
-    batched_matvec(w1t.data(), nullptr, channels, hidden, dU, nb, dP);
+    batched_vecmat(w1m.data, hidden, channels, dU, nb, dP);  // dU (nb, R) W1 (R, C)
   }
 };
 
@@ -145,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate, /*for_backward=*/false);
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
     std::vector<ChannelView> views{ChannelView::of(x)};
     if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
     views.push_back(ChannelView::of(y));
@@ -185,7 +255,7 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate, /*for_backward=*/true);
+    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
     const at::Tensor p_all = pooled.contiguous();  // (N, C), tiny
     const acc_t* p_data = p_all.const_data_ptr<acc_t>();
     // Per-sample pieces of the weight gradients, reduced over n in order below.

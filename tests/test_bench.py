@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark (`python -m gct_fused.bench --quick`, what CI runs): it runs,
+times every provider of every case, and writes consistent JSON, markdown and PNG output.
+It checks structure and consistency only; speed goals are judged from the committed
+benchmark results, never by timed tests."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(*args, timeout=600):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("GCT_FUSED_BACKEND", None)
+    return subprocess.run([sys.executable, "-m", "gct_fused.bench", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout, cwd=ROOT)
+
+
+def test_quick_run_writes_json_markdown_and_plot(tmp_path):
+    paths = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
+    proc = _bench("--quick", "--device", "cpu", "--json", str(paths["json"]), "--markdown", str(paths["md"]),
+                  "--plot", str(paths["png"]))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(paths["json"].read_text())
+    meta, rows = data["metadata"], data["rows"]
+    assert meta["device_type"] == "cpu" and meta["torch"] and meta["date"]
+    assert meta["providers"][0] == "copy" and "cpu" in meta["providers"] and "eager" in meta["providers"]
+    # every (op, layout, mode) of the quick run has one row per provider
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["layout"], r["mode"]), set()).add(r["provider"])
+    assert {k[0] for k in groups} == {"gct", "se"}
+    assert {k[1] for k in groups} == {"nchw", "channels_last"} and {k[2] for k in groups} == {"fwd", "fwdbwd"}
+    for key, providers in groups.items():
+        assert providers == set(meta["providers"]), key
+    for r in rows:
+        assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
+        assert r["gbps"] > 0 and r["x_copy"] > 0, r
+        if r["provider"] == "copy":
+            assert r["x_copy"] == pytest.approx(1.0)
+        if r["provider"] == "cpu":
+            eager = next(e for e in rows if e["provider"] == "eager" and
+                         (e["op"], e["layout"], e["mode"]) == (r["op"], r["layout"], r["mode"]))
+            assert r["speedup_vs_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"])
+    md = paths["md"].read_text()
+    assert meta["device"] in md and "| copy |" in md.replace("  ", " ")
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_backend_that_cannot_run_is_an_error():
+    proc = _bench("--quick", "--device", "cpu", "--backend", "cuda")
+    assert proc.returncode == 2 and "cannot run on cpu" in proc.stderr
