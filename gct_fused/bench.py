@@ -18,6 +18,7 @@ repetitions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -143,6 +144,21 @@ def _runners(case: Case, layout: str, dtype, mode: str, device, backends: List[s
 
 # ---------------------------------------------------------------------------- measuring
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """The profiler's native code prints a start/stop line per session straight to file
+    descriptor 2; keep those out of the table (Python-level errors still raise)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _peak_extra_bytes(fn: Callable[[], None], device) -> Optional[int]:
     """Peak bytes allocated during one call beyond what was allocated before it."""
     if device.type == "cuda":
@@ -153,7 +169,7 @@ def _peak_extra_bytes(fn: Callable[[], None], device) -> Optional[int]:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")

@@ -110,24 +110,45 @@ struct SeMlp {
                              acc_t* out) {
     using V = Vectorized<acc_t>;
     constexpr int64_t kW = V::size();
-    constexpr int64_t kBlock = 4 * kW;  // columns per task row
+    constexpr int kVecs = 4;            // independent accumulators per sample (columns kVecs * kW)
+    constexpr int64_t kSamples = 2;     // samples sharing each loaded weight vector
+    constexpr int64_t kBlock = kVecs * kW;
     const int64_t blocks = (cols + kBlock - 1) / kBlock;
-    at::parallel_for(0, blocks, mlp_grain(nb * depth * kBlock), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t j0 = b * kBlock, j1 = std::min(cols, j0 + kBlock);
-        for (int64_t n = 0; n < nb; ++n) {
-          const acc_t* x = in + n * depth;
-          acc_t* o = out + n * cols;
-          int64_t j = j0;
-          for (; j + kW <= j1; j += kW) {
-            V acc(acc_t(0));
-            for (int64_t k = 0; k < depth; ++k) acc = at::vec::fmadd(V(x[k]), V::loadu(mat + k * cols + j), acc);
-            acc.store(o + j);
+    const int64_t groups = (nb + kSamples - 1) / kSamples;
+    at::parallel_for(0, blocks * groups, mlp_grain(kSamples * depth * kBlock), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t j0 = (task / groups) * kBlock, j1 = std::min(cols, j0 + kBlock);
+        const int64_t n0 = (task % groups) * kSamples, n1 = std::min(nb, n0 + kSamples);
+        if (j1 - j0 == kBlock && n1 - n0 == kSamples) {
+          V acc[kSamples][kVecs];
+#pragma GCC unroll 8
+          for (int64_t s = 0; s < kSamples; ++s)
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) acc[s][v] = V(acc_t(0));
+          for (int64_t k = 0; k < depth; ++k) {
+            const acc_t* w = mat + k * cols + j0;
+            V wv[kVecs];
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) wv[v] = V::loadu(w + v * kW);
+#pragma GCC unroll 8
+            for (int64_t s = 0; s < kSamples; ++s) {
+              const V xs(in[(n0 + s) * depth + k]);
+#pragma GCC unroll 8
+              for (int v = 0; v < kVecs; ++v) acc[s][v] = at::vec::fmadd(xs, wv[v], acc[s][v]);
+            }
           }
-          for (; j < j1; ++j) {
+#pragma GCC unroll 8
+          for (int64_t s = 0; s < kSamples; ++s)
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) acc[s][v].store(out + (n0 + s) * cols + j0 + v * kW);
+          continue;
+        }
+        // Edge of the matrix: the same sequential sum over k, one element at a time.
+        for (int64_t n = n0; n < n1; ++n) {
+          for (int64_t j = j0; j < j1; ++j) {
             acc_t acc = 0;
-            for (int64_t k = 0; k < depth; ++k) acc = acc + x[k] * mat[k * cols + j];
-            o[j] = acc;
+            for (int64_t k = 0; k < depth; ++k) acc = std::fma(in[n * depth + k], mat[k * cols + j], acc);
+            out[n * cols + j] = acc;
           }
         }
       }
@@ -293,10 +314,16 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
     }  // else N, C or L is 0: G = 0, so every gradient below is 0
 
     // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :].
-    std::vector<acc_t> gw1(static_cast<size_t>(R * C), acc_t(0)), gw2(gw1.size(), acc_t(0));
+    // Written straight into acc-type tensors; each row is owned by one thread and summed over
+    // n in order.
+    const auto acc_options = w1.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    at::Tensor gw1 = at::empty({R, C}, acc_options), gw2 = at::empty({C, R}, acc_options);
+    acc_t* gw1_data = gw1.data_ptr<acc_t>();
+    acc_t* gw2_data = gw2.data_ptr<acc_t>();
     at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        acc_t* row = gw2.data() + c * R;
+        acc_t* row = gw2_data + c * R;
+        std::fill(row, row + R, acc_t(0));
         for (int64_t n = 0; n < N; ++n) {
           const acc_t a = d_o[n * C + c];
           const acc_t* h = h_all.data() + n * R;
@@ -306,7 +333,8 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
     });
     at::parallel_for(0, R, 4, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        acc_t* row = gw1.data() + r * C;
+        acc_t* row = gw1_data + r * C;
+        std::fill(row, row + C, acc_t(0));
         for (int64_t n = 0; n < N; ++n) {
           const acc_t a = d_u[n * R + r];
           const acc_t* p = p_data + n * C;
@@ -314,8 +342,8 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
         }
       }
     });
-    dw1 = sum_over_samples(gw1, 1, R * C, w1);
-    dw2 = sum_over_samples(gw2, 1, C * R, w2);
+    dw1 = gw1.to(w1.scalar_type()).reshape(w1.sizes());
+    dw2 = gw2.to(w2.scalar_type()).reshape(w2.sizes());
     const at::Tensor bias_like1 = b1.has_value() ? *b1 : at::empty({R}, w1.options());
     const at::Tensor bias_like2 = b2.has_value() ? *b2 : at::empty({C}, w2.options());
     db1 = sum_over_samples(d_u, N, R, bias_like1);
