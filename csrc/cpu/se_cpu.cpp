@@ -39,7 +39,7 @@ struct AccMatrix {
 };
 
 // Samples whose dot products with one weight row are computed together.
-constexpr int64_t kMlpSamples = 4;
+constexpr int64_t kMlpSamples = 8;
 
 // The MLP of one SE call in the accumulation type, applied to a chunk of samples at a
 // time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
