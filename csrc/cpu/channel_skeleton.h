@@ -340,20 +340,31 @@ acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR>& in, 
     }
     return sum;
   }
+  // Blocked accumulation: each lane adds at most kBlockSteps terms before its block sum is
+  // added to `acc`, so a long row of like values (a constant map) loses ~(kBlockSteps +
+  // len / block) roundings instead of len / 32.
+  constexpr int64_t kBlockSteps = 32;
   Vacc acc[kUnroll][L::kParts];
   for (auto& a : acc)
     for (auto& p : a) p = Vacc(acc_t(0));
   int64_t i = 0;
-  for (; i + kUnroll * L::kStep <= len; i += kUnroll * L::kStep) {
-    for (int u = 0; u < kUnroll; ++u) {
-      Vacc v[NR > 0 ? NR : 1][L::kParts];
-      for (size_t k = 0; k < NR; ++k) L::load(in[k] + i + u * L::kStep, v[k]);
-      for (int p = 0; p < L::kParts; ++p) {
-        Vacc args[NR > 0 ? NR : 1];
-        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
-        acc[u][p] = acc[u][p] + map(args);
+  while (i + kUnroll * L::kStep <= len) {
+    Vacc block[kUnroll][L::kParts];
+    for (auto& a : block)
+      for (auto& p : a) p = Vacc(acc_t(0));
+    for (int64_t step = 0; step < kBlockSteps && i + kUnroll * L::kStep <= len; ++step, i += kUnroll * L::kStep) {
+      for (int u = 0; u < kUnroll; ++u) {
+        Vacc v[NR > 0 ? NR : 1][L::kParts];
+        for (size_t k = 0; k < NR; ++k) L::load(in[k] + i + u * L::kStep, v[k]);
+        for (int p = 0; p < L::kParts; ++p) {
+          Vacc args[NR > 0 ? NR : 1];
+          for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+          block[u][p] = block[u][p] + map(args);
+        }
       }
     }
+    for (int u = 0; u < kUnroll; ++u)
+      for (int p = 0; p < L::kParts; ++p) acc[u][p] = acc[u][p] + block[u][p];
   }
   for (; i + L::kStep <= len; i += L::kStep) {
     Vacc v[NR > 0 ? NR : 1][L::kParts];
@@ -669,15 +680,23 @@ void reduce_stage(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t 
           *partial_at(i, c, lb) = reduce_contiguous<scalar_t, NR>(rows, tile.l1 - tile.l0, map);
         }
       } else {
+        // Sums of kGenericBlock terms added up in turn: the error of a long row of like
+        // values (a broadcast map) grows with kGenericBlock + L / kGenericBlock, not L.
+        constexpr int64_t kGenericBlock = 128;
         for (int64_t c = tile.c0; c < tile.c1; ++c) {
           acc_t sum = 0;
-          for (int64_t l = tile.l0; l < tile.l1; ++l) {
-            acc_t args[NR > 0 ? NR : 1];
-            for (size_t k = 0; k < NR; ++k) {
-              args[k] = static_cast<acc_t>(
-                  in[k].data[n * in[k].stride_n + c * in[k].stride_c + spatial_offset(in[k], l)]);
+          for (int64_t b0 = tile.l0; b0 < tile.l1; b0 += kGenericBlock) {
+            acc_t block = 0;
+            const int64_t b1 = std::min(tile.l1, b0 + kGenericBlock);
+            for (int64_t l = b0; l < b1; ++l) {
+              acc_t args[NR > 0 ? NR : 1];
+              for (size_t k = 0; k < NR; ++k) {
+                args[k] = static_cast<acc_t>(
+                    in[k].data[n * in[k].stride_n + c * in[k].stride_c + spatial_offset(in[k], l)]);
+              }
+              block += map(args);
             }
-            sum += map(args);
+            sum += block;
           }
           *partial_at(i, c, lb) = sum;
         }
