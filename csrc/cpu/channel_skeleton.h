@@ -395,74 +395,63 @@ constexpr int64_t kShortRow = 256;
 // Rows processed together by the short-row kernels.
 constexpr int kRowGroup = 4;
 
-// Sums of map(in) over `rows` short rows of `len` elements; row r of input k starts at
-// in[k] + r * row_stride[k] and its sum goes to out[r * out_stride]. Each row has one
-// vector accumulator, its lanes summed in order, then the scalar tail: the same
-// arithmetic whether a row is part of a group or not. Short rows (7x7 maps) spend most
-// of their time in loop set-up, the horizontal sum and the add chain of a single row;
-// kRowGroup independent rows per loop overlap all three.
-template <typename scalar_t, size_t NR, typename Map>
-void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
-                       int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
-                       const Map& map) {
+// Sums of map(in) over G short rows of `len` elements, rows r .. r + G: row q of input k
+// starts at in[k] + q * row_stride[k] and its sum goes to out[q * out_stride]. Each row has
+// one vector accumulator, its lanes summed in order, then the scalar tail: the same
+// arithmetic for any G. Short rows (7x7 maps) spend most of their time in loop set-up,
+// the horizontal sum and the add chain of a single row; G independent rows per loop
+// overlap all three.
+template <int G, typename scalar_t, size_t NR, typename Map>
+inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
+                             int64_t r, int64_t len, acc_type<scalar_t>* out, int64_t out_stride, const Map& map) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
   const int64_t full = len - len % L::kStep;
-  auto finish = [&](const Vacc* acc, const scalar_t* const* base) -> acc_t {
-    Vacc total = acc[0];
-    for (int p = 1; p < L::kParts; ++p) total = total + acc[p];
+  const scalar_t* base[G][NR > 0 ? NR : 1];
+  Vacc acc[G][L::kParts];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    for (size_t k = 0; k < NR; ++k) base[g][k] = in[k] + (r + g) * row_stride[k];
+    for (auto& a : acc[g]) a = Vacc(acc_t(0));
+  }
+  for (int64_t i = 0; i < full; i += L::kStep) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      Vacc v[NR > 0 ? NR : 1][L::kParts];
+      for (size_t k = 0; k < NR; ++k) L::load(base[g][k] + i, v[k]);
+      for (int p = 0; p < L::kParts; ++p) {
+        Vacc args[NR > 0 ? NR : 1];
+        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
+        acc[g][p] = acc[g][p] + map(args);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    Vacc total = acc[g][0];
+    for (int p = 1; p < L::kParts; ++p) total = total + acc[g][p];
     acc_t lanes[Vacc::size()];
     total.store(lanes);
     acc_t sum = 0;
     for (int64_t j = 0; j < Vacc::size(); ++j) sum += lanes[j];
     for (int64_t i = full; i < len; ++i) {
       acc_t args[NR > 0 ? NR : 1];
-      for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(base[k][i]);
+      for (size_t k = 0; k < NR; ++k) args[k] = static_cast<acc_t>(base[g][k][i]);
       sum += map(args);
     }
-    return sum;
-  };
+    out[(r + g) * out_stride] = sum;
+  }
+}
+
+// reduce_row_group over `rows` rows: kRowGroup at a time, then one at a time.
+template <typename scalar_t, size_t NR, typename Map>
+void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
+                       int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
+                       const Map& map) {
   int64_t r = 0;
-  for (; r + kRowGroup <= rows; r += kRowGroup) {
-    const scalar_t* base[kRowGroup][NR > 0 ? NR : 1];
-    Vacc acc[kRowGroup][L::kParts];
-#pragma GCC unroll 8
-    for (int g = 0; g < kRowGroup; ++g) {
-      for (size_t k = 0; k < NR; ++k) base[g][k] = in[k] + (r + g) * row_stride[k];
-      for (auto& a : acc[g]) a = Vacc(acc_t(0));
-    }
-    for (int64_t i = 0; i < full; i += L::kStep) {
-#pragma GCC unroll 8
-      for (int g = 0; g < kRowGroup; ++g) {
-        Vacc v[NR > 0 ? NR : 1][L::kParts];
-        for (size_t k = 0; k < NR; ++k) L::load(base[g][k] + i, v[k]);
-        for (int p = 0; p < L::kParts; ++p) {
-          Vacc args[NR > 0 ? NR : 1];
-          for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
-          acc[g][p] = acc[g][p] + map(args);
-        }
-      }
-    }
-#pragma GCC unroll 8
-    for (int g = 0; g < kRowGroup; ++g) out[(r + g) * out_stride] = finish(acc[g], base[g]);
-  }
-  for (; r < rows; ++r) {
-    const scalar_t* base[NR > 0 ? NR : 1];
-    Vacc acc[L::kParts];
-    for (size_t k = 0; k < NR; ++k) base[k] = in[k] + r * row_stride[k];
-    for (auto& a : acc) a = Vacc(acc_t(0));
-    for (int64_t i = 0; i < full; i += L::kStep) {
-      Vacc v[NR > 0 ? NR : 1][L::kParts];
-      for (size_t k = 0; k < NR; ++k) L::load(base[k] + i, v[k]);
-      for (int p = 0; p < L::kParts; ++p) {
-        Vacc args[NR > 0 ? NR : 1];
-        for (size_t k = 0; k < NR; ++k) args[k] = v[k][p];
-        acc[p] = acc[p] + map(args);
-      }
-    }
-    out[r * out_stride] = finish(acc, base);
-  }
+  for (; r + kRowGroup <= rows; r += kRowGroup) reduce_row_group<kRowGroup>(in, row_stride, r, len, out, out_stride, map);
+  for (; r < rows; ++r) reduce_row_group<1>(in, row_stride, r, len, out, out_stride, map);
 }
 
 // partial[c] += map(in[c]) for c < len: one C-row of a channels_last tensor.
@@ -550,70 +539,68 @@ void apply_contiguous(const std::array<const scalar_t*, NIn>& in,
   for (; i < len; ++i) scalar_at(i);
 }
 
-// out[j] = apply(in, coef) over `rows` short rows of `len` elements with one set of
-// coefficients per row: row r of tensor k starts at in[k] + r * in_stride[k] (outputs:
-// out[j] + r * out_stride[j]) and uses coef[k][r]. kRowGroup rows per loop, for the
-// same reason as reduce_short_rows. Ordinary stores only (see apply_stage).
+// out[j] = apply(in, coef) over G short rows of `len` elements, rows r .. r + G, with one
+// set of coefficients per row: row q of tensor k starts at in[k] + q * in_stride[k]
+// (outputs: out[j] + q * out_stride[j]) and uses coef[k][q]. G rows per loop, for the same
+// reason as reduce_row_group. Ordinary stores only (see apply_stage).
+template <int G, typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
+inline void apply_row_group(const std::array<const scalar_t*, NIn>& in, const std::array<int64_t, NIn>& in_stride,
+                            const std::array<scalar_t*, NOut>& out, const std::array<int64_t, NOut>& out_stride,
+                            int64_t r, int64_t len, const std::array<const acc_type<scalar_t>*, NK>& coef,
+                            const Apply& apply) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  const int64_t full = len - len % L::kStep;
+  const scalar_t* src[G][NIn];
+  scalar_t* dst[G][NOut];
+  Vacc fixed[G][NK > 0 ? NK : 1];
+  acc_t fixed_s[G][NK > 0 ? NK : 1];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    for (size_t k = 0; k < NIn; ++k) src[g][k] = in[k] + (r + g) * in_stride[k];
+    for (size_t j = 0; j < NOut; ++j) dst[g][j] = out[j] + (r + g) * out_stride[j];
+    for (size_t k = 0; k < NK; ++k) {
+      fixed_s[g][k] = coef[k][r + g];
+      fixed[g][k] = Vacc(fixed_s[g][k]);
+    }
+  }
+  for (int64_t i = 0; i < full; i += L::kStep) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      Vacc v[NIn][L::kParts];
+      Vacc res_all[NOut][L::kParts];
+      for (size_t k = 0; k < NIn; ++k) L::load(src[g][k] + i, v[k]);
+      for (int p = 0; p < L::kParts; ++p) {
+        Vacc args[NIn], res[NOut];
+        for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
+        apply(args, fixed[g], res);
+        for (size_t j = 0; j < NOut; ++j) res_all[j][p] = res[j];
+      }
+      for (size_t j = 0; j < NOut; ++j) L::store(dst[g][j] + i, res_all[j]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int64_t i = full; i < len; ++i) {
+      acc_t args[NIn], res[NOut];
+      for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(src[g][k][i]);
+      apply(args, fixed_s[g], res);
+      for (size_t j = 0; j < NOut; ++j) dst[g][j][i] = static_cast<scalar_t>(res[j]);
+    }
+  }
+}
+
+// apply_row_group over `rows` rows: kRowGroup at a time, then one at a time.
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
 void apply_short_rows(const std::array<const scalar_t*, NIn>& in, const std::array<int64_t, NIn>& in_stride,
                       const std::array<scalar_t*, NOut>& out, const std::array<int64_t, NOut>& out_stride,
                       int64_t rows, int64_t len, const std::array<const acc_type<scalar_t>*, NK>& coef,
                       const Apply& apply) {
-  using L = Lanes<scalar_t>;
-  using acc_t = typename L::acc_t;
-  using Vacc = typename L::Vacc;
-  const int64_t full = len - len % L::kStep;
-  auto row = [&](int64_t r, const scalar_t** src, scalar_t** dst, Vacc* fixed, acc_t* fixed_s) {
-    for (size_t k = 0; k < NIn; ++k) src[k] = in[k] + r * in_stride[k];
-    for (size_t j = 0; j < NOut; ++j) dst[j] = out[j] + r * out_stride[j];
-    for (size_t k = 0; k < NK; ++k) {
-      fixed_s[k] = coef[k][r];
-      fixed[k] = Vacc(fixed_s[k]);
-    }
-  };
-  auto vec_step = [&](int64_t i, const scalar_t* const* src, scalar_t* const* dst, const Vacc* fixed) {
-    Vacc v[NIn][L::kParts];
-    Vacc res_all[NOut][L::kParts];
-    for (size_t k = 0; k < NIn; ++k) L::load(src[k] + i, v[k]);
-    for (int p = 0; p < L::kParts; ++p) {
-      Vacc args[NIn], res[NOut];
-      for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
-      apply(args, fixed, res);
-      for (size_t j = 0; j < NOut; ++j) res_all[j][p] = res[j];
-    }
-    for (size_t j = 0; j < NOut; ++j) L::store(dst[j] + i, res_all[j]);
-  };
-  auto tail = [&](const scalar_t* const* src, scalar_t* const* dst, const acc_t* fixed_s) {
-    for (int64_t i = full; i < len; ++i) {
-      acc_t args[NIn], res[NOut];
-      for (size_t k = 0; k < NIn; ++k) args[k] = static_cast<acc_t>(src[k][i]);
-      apply(args, fixed_s, res);
-      for (size_t j = 0; j < NOut; ++j) dst[j][i] = static_cast<scalar_t>(res[j]);
-    }
-  };
   int64_t r = 0;
   for (; r + kRowGroup <= rows; r += kRowGroup) {
-    const scalar_t* src[kRowGroup][NIn];
-    scalar_t* dst[kRowGroup][NOut];
-    Vacc fixed[kRowGroup][NK > 0 ? NK : 1];
-    acc_t fixed_s[kRowGroup][NK > 0 ? NK : 1];
-#pragma GCC unroll 8
-    for (int g = 0; g < kRowGroup; ++g) row(r + g, src[g], dst[g], fixed[g], fixed_s[g]);
-    for (int64_t i = 0; i < full; i += L::kStep) {
-#pragma GCC unroll 8
-      for (int g = 0; g < kRowGroup; ++g) vec_step(i, src[g], dst[g], fixed[g]);
-    }
-    for (int g = 0; g < kRowGroup; ++g) tail(src[g], dst[g], fixed_s[g]);
+    apply_row_group<kRowGroup>(in, in_stride, out, out_stride, r, len, coef, apply);
   }
-  for (; r < rows; ++r) {
-    const scalar_t* src[NIn];
-    scalar_t* dst[NOut];
-    Vacc fixed[NK > 0 ? NK : 1];
-    acc_t fixed_s[NK > 0 ? NK : 1];
-    row(r, src, dst, fixed, fixed_s);
-    for (int64_t i = 0; i < full; i += L::kStep) vec_step(i, src, dst, fixed);
-    tail(src, dst, fixed_s);
-  }
+  for (; r < rows; ++r) apply_row_group<1>(in, in_stride, out, out_stride, r, len, coef, apply);
 }
 
 // ---------------------------------------------------------------------------
