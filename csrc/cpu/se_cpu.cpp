@@ -17,10 +17,6 @@ namespace {
 // Rows of MLP work per thread task: each row is a dot product over `width` values.
 inline int64_t mlp_grain(int64_t width) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(width, 1)); }
 
-// The MLP of one SE call in the accumulation type, applied to a chunk of samples at a
-// time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
-// element is one dot product in a fixed order, whichever thread computes it, and each
-// weight row is used for all samples of the chunk while it sits in L1.
 // A weight matrix as a contiguous acc_t array: the tensor's own storage when it already
 // is one (float32 weights of a float32 call: no copy of what can be megabytes per
 // call), else a converted copy.
