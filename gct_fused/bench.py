@@ -11,8 +11,8 @@ x, write y; forward+backward: that plus read x and dy, write dx), the time as a 
 copy of the same tensor (x.clone(), one read + one write), the speedup of each fused backend
 over eager and over torch.compile, and the peak memory allocated during one call beyond the
 inputs. CPU timings interleave the providers repetition by repetition (so drift of a shared
-machine hits all alike); CUDA timings use triton.testing.do_bench, which flushes L2 between
-repetitions.
+machine hits all alike) and evict the CPU caches before every timed call (--warm keeps them);
+CUDA timings use triton.testing.do_bench, which flushes L2 between repetitions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import glob
 import json
 import math
 import os
@@ -191,7 +192,59 @@ def _quantiles(samples: List[float]):
     return q(0.5), q(0.2), q(0.8)
 
 
-def _time_cpu(runners: List[Runner], min_time: float, min_reps: int) -> Dict[str, tuple]:
+def _last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache this process sees (sysfs), 32 MB if unknown."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else 32 * 2**20
+
+
+class CacheFlush:
+    """Evicts the CPU caches before each timed call, as triton.testing.do_bench flushes the
+    GPU's L2: every provider then starts with x, dy and the output buffers in DRAM, so a
+    provider is not helped (or hurt) by what the one timed before it left in the shared L3.
+    It reads (never writes) a buffer of twice the last-level cache, so the evicted lines are
+    clean and no write-back of the flush itself falls into the timed call."""
+
+    def __init__(self, enabled: bool):
+        self.bytes = max(2 * _last_level_cache_bytes(), 64 * 2**20) if enabled else 0
+        self._buffer = torch.ones(self.bytes // 4, dtype=torch.float32) if enabled else None
+
+    def __call__(self) -> None:
+        if self._buffer is not None:
+            self._buffer.sum()
+
+
+def _stable_allocator() -> Optional[str]:
+    """Keeps glibc from returning freed output buffers to the OS between calls.
+
+    With glibc's default, adaptive thresholds, whether a freed 10-30 MB tensor is kept or
+    unmapped depends on the sizes the other providers allocated just before; an unmapped one
+    costs one page fault per 4 KB page on the next call (6,000+ faults, several ms on a VM),
+    which showed up as 5x spikes in a fifth of the repetitions of every provider. Fixed
+    thresholds make every call reuse pages (the steady state of a training loop)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30)
+    except (OSError, AttributeError):
+        return None
+    return "glibc mallopt(M_MMAP_THRESHOLD=32 MB, M_TRIM_THRESHOLD=1 GB)" if ok else None
+
+
+def _time_cpu(runners: List[Runner], min_time: float, min_reps: int, flush: CacheFlush) -> Dict[str, tuple]:
     for r in runners:  # warm-up (compiles, caches, first-touch allocations)
         r.call()
         r.call()
@@ -199,6 +252,7 @@ def _time_cpu(runners: List[Runner], min_time: float, min_reps: int) -> Dict[str
     start = time.perf_counter()
     while True:
         for r in runners:
+            flush()
             t0 = time.perf_counter()
             r.call()
             samples[r.provider].append((time.perf_counter() - t0) * 1e3)
@@ -240,10 +294,10 @@ class Row:
 
 
 def _measure(case: Case, layout: str, dtype_name: str, mode: str, device, backends, compile_, min_time,
-             min_reps) -> List[Row]:
+             min_reps, flush: CacheFlush) -> List[Row]:
     dtype = DTYPES[dtype_name]
     x, runners = _runners(case, layout, dtype, mode, device, backends, compile_)
-    timings = _time_cuda(runners) if device.type == "cuda" else _time_cpu(runners, min_time, min_reps)
+    timings = _time_cuda(runners) if device.type == "cuda" else _time_cpu(runners, min_time, min_reps, flush)
     passes = 2 if mode == "fwd" else 5  # fwd: read x, write y; bwd adds read x, dy, write dx
     min_bytes = passes * x.numel() * x.element_size()
     copy_ms = timings["copy"][0]
@@ -280,7 +334,7 @@ def _device_name(device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
-def _metadata(device, args) -> dict:
+def _metadata(device, args, flush: CacheFlush, allocator: Optional[str]) -> dict:
     try:
         import triton
         triton_version = triton.__version__
@@ -297,7 +351,10 @@ def _metadata(device, args) -> dict:
         "gct_fused": gct_fused.__version__, "commit": commit,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "timer": "triton.testing.do_bench (L2 flushed), median" if device.type == "cuda"
-        else "perf_counter, providers interleaved per repetition, median",
+        else "perf_counter, providers interleaved per repetition, median, " + (
+            f"caches evicted before each call (read of {flush.bytes >> 20} MB)" if flush.bytes
+            else "warm caches (--warm)"),
+        "allocator": allocator if device.type == "cpu" else None,
         "command": "python -m gct_fused.bench " + " ".join(sys.argv[1:]),
     }
 
@@ -413,6 +470,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few seconds: tiny shapes, float32, no torch.compile")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile provider")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--warm", action="store_true",
+                        help="CPU: keep the caches warm between repetitions (default: evict them before each call)")
     parser.add_argument("--min-time", type=float, default=None, help="CPU: seconds per case (default 1.0, quick 0.05)")
     parser.add_argument("--json", dest="json_path", help="write the rows and metadata as JSON here")
     parser.add_argument("--markdown", dest="markdown_path", help="write a markdown table here")
@@ -445,7 +504,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     work = [(c, layout, dt, mode) for c in _cases(args.quick) if c.op in args.op and args.case in c.name
             for layout in args.layout for dt in dtypes for mode in args.mode]
-    meta = _metadata(device, args)
+    flush = CacheFlush(device.type == "cpu" and not args.warm)
+    allocator = _stable_allocator() if device.type == "cpu" else None
+    meta = _metadata(device, args, flush, allocator)
     meta["providers"] = ["copy", *backends, "eager"] + (["compile"] if compile_ else [])
     rows: List[Row] = []
     try:
@@ -458,12 +519,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             task = progress.add_task("benchmarking", total=len(work))
             for c, layout, dt, mode in work:
                 progress.update(task, description=f"{c.op} {c.name} {layout} {dt} {mode}")
-                rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3)
+                rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3, flush)
                 progress.advance(task)
     else:
         for i, (c, layout, dt, mode) in enumerate(work):
             print(f"[{i + 1}/{len(work)}] {c.op} {c.name} {layout} {dt} {mode}", file=sys.stderr)
-            rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3)
+            rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3, flush)
 
     _print_table(meta, rows)
     if args.json_path:
