@@ -98,7 +98,11 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
-    cxx = opt + ["-fopenmp", "-fvisibility=hidden", "-fno-math-errno"] + _cpu_arch_flags()
+    # -ffp-contract=off: GCC would otherwise fuse a*b + c into an FMA where it sees fit, and it
+    # may decide differently in two inlined copies of the same code (e.g. a head run by the
+    # calling thread and by a worker), which broke bitwise equality across thread counts.
+    # FMAs the kernels want are written out (at::vec::fmadd, std::fma).
+    cxx = opt + ["-fopenmp", "-fvisibility=hidden", "-fno-math-errno", "-ffp-contract=off"] + _cpu_arch_flags()
     with_cuda, why = _want_cuda()
     if not with_cuda:
         _log(f"building CPU kernels only ({why})")

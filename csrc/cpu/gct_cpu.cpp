@@ -18,7 +18,7 @@ struct SquareMap {
   template <typename V> V operator()(const V* in) const { return in[0] * in[0]; }
 };
 struct AbsMap {
-  template <typename V> V operator()(const V* in) const { return v_abs(in[0]); }
+  template <typename V> V operator()(const V* in) const { return gf_abs(in[0]); }
 };
 
 // Stage-3 apply of the backward: dx = g * dy + k * f(x).
@@ -26,7 +26,7 @@ template <int kF>  // f(x): 0 -> x (l2), 1 -> sign(x) (l1), 2 -> 1 (l1 after_rel
 struct GctGradApply {
   template <typename V> void operator()(const V* in, const V* cf, V* out) const {
     if constexpr (kF == 0) out[0] = in[0] * cf[0] + in[1] * cf[1];
-    else if constexpr (kF == 1) out[0] = in[0] * cf[0] + v_sign(in[1]) * cf[1];
+    else if constexpr (kF == 1) out[0] = in[0] * cf[0] + gf_sign(in[1]) * cf[1];
     else out[0] = in[0] * cf[0] + cf[1];
   }
 };
@@ -39,30 +39,36 @@ struct GctParams {
   int64_t channels;
 };
 
-// tanh over an array with at::vec (Sleef, 1 ulp): the scalar tanh of gct_gate costs
-// ~20 ns per channel, which the head of a 2048-channel map cannot afford.
-template <typename acc_t>
-void tanh_inplace(acc_t* v, int64_t n) {
-  using V = Vectorized<acc_t>;
-  at::vec::map([](V z) { return z.tanh(); }, v, v, n);
-}
-
 // Samples per head task: a task should have some thousands of channels of work.
 constexpr int64_t kHeadGrainChannels = 4096;
+
+// The normaliser of one sample: e = embedding(s) (C, stored) and denom. The per-channel
+// formulas of gct_math.h run on whole vectors of channels (over_channels); the sum of the
+// norm terms goes lane by lane, then through horizontal_sum and the tail, in a fixed order.
+template <typename acc_t>
+acc_t gct_head_normaliser(const GctParams<acc_t>& p, const acc_t* s, acc_t* e) {
+  Vectorized<acc_t> terms(acc_t(0));
+  acc_t tail_terms = 0;
+  over_channels<acc_t>(p.channels, [&](int64_t c, auto lane) {
+    using T = decltype(lane);
+    const T ev = gct_embedding(p.mode, load_lanes(s + c, lane), load_lanes(p.alpha.data() + c, lane), T(p.eps));
+    store_lanes(e + c, ev);
+    if constexpr (std::is_same_v<T, acc_t>) tail_terms += gct_norm_term(p.mode, ev);
+    else terms = terms + gct_norm_term(p.mode, ev);
+  });
+  return gct_norm_denom(p.mode, horizontal_sum(terms) + tail_terms, p.channels, p.eps);
+}
 
 // Stage 2, forward, one sample: s (C) -> gate g = 1 + tanh(z) (C). `e` is scratch.
 template <typename acc_t>
 void gct_head_forward(const GctParams<acc_t>& p, const acc_t* s, acc_t* e, acc_t* g) {
-  const int64_t C = p.channels;
-  acc_t term_sum = 0;
-  for (int64_t c = 0; c < C; ++c) {
-    e[c] = gct_embedding(p.mode, s[c], p.alpha[c], p.eps);
-    term_sum += gct_norm_term(p.mode, e[c]);
-  }
-  const acc_t denom = gct_norm_denom(p.mode, term_sum, C, p.eps);
-  for (int64_t c = 0; c < C; ++c) g[c] = gct_preactivation(e[c], denom, p.gamma[c], p.beta[c]);
-  tanh_inplace(g, C);
-  for (int64_t c = 0; c < C; ++c) g[c] += acc_t(1);  // gct_gate(z) = 1 + tanh(z)
+  const acc_t denom = gct_head_normaliser(p, s, e);
+  over_channels<acc_t>(p.channels, [&](int64_t c, auto lane) {
+    using T = decltype(lane);
+    const T z = gct_preactivation(load_lanes(e + c, lane), T(denom), load_lanes(p.gamma.data() + c, lane),
+                                  load_lanes(p.beta.data() + c, lane));
+    store_lanes(g + c, gct_gate(z));
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at::Tensor& alpha,
@@ -142,29 +148,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
           for (int64_t i = begin; i < end; ++i) {
             const int64_t n = n0 + i;
             const acc_t* s = s_data + n * C;
-            acc_t term_sum = 0;
-            for (int64_t c = 0; c < C; ++c) {
-              e[c] = gct_embedding(mode, s[c], p.alpha[c], p.eps);
-              term_sum += gct_norm_term(mode, e[c]);
-            }
-            const acc_t denom = gct_norm_denom(mode, term_sum, C, p.eps);
-            acc_t* t = coef[0] + i * C;  // z, then tanh(z), then the gate 1 + tanh(z)
-            for (int64_t c = 0; c < C; ++c) t[c] = gct_preactivation(e[c], denom, p.gamma[c], p.beta[c]);
-            tanh_inplace(t, C);
-            acc_t q = 0;
-            for (int64_t c = 0; c < C; ++c) {
-              dz[c] = gct_dz_from_tanh(G[i * C + c], t[c]);
-              q += dz[c] * p.gamma[c] * e[c];
-              t[c] += acc_t(1);
-            }
-            for (int64_t c = 0; c < C; ++c) {
-              const auto r = gct_channel_backward(mode, s[c], e[c], denom, dz[c], q, p.alpha[c],
-                                                  p.gamma[c], p.eps, C);
-              coef[1][i * C + c] = r.k;
-              da[n * C + c] = r.dalpha;
-              dg[n * C + c] = r.dgamma;
-              db[n * C + c] = dz[c];
-            }
+            const acc_t denom = gct_head_normaliser(p, s, e.data());
+            // t = tanh(z) (then the gate 1 + t, coef[0]); dz; Q = sum_c dz * gamma * e.
+            acc_t* gate = coef[0] + i * C;
+            Vectorized<acc_t> q_lanes(acc_t(0));
+            acc_t q_tail = 0;
+            over_channels<acc_t>(C, [&](int64_t c, auto lane) {
+              using T = decltype(lane);
+              const T ev = load_lanes(e.data() + c, lane), gm = load_lanes(p.gamma.data() + c, lane);
+              const T t = gf_tanh(gct_preactivation(ev, T(denom), gm, load_lanes(p.beta.data() + c, lane)));
+              const T dzv = gct_dz_from_tanh(load_lanes(G + i * C + c, lane), t);
+              store_lanes(dz.data() + c, dzv);
+              store_lanes(gate + c, T(acc_t(1)) + t);
+              if constexpr (std::is_same_v<T, acc_t>) q_tail += dzv * gm * ev;
+              else q_lanes = q_lanes + dzv * gm * ev;
+            });
+            const acc_t q = horizontal_sum(q_lanes) + q_tail;
+            over_channels<acc_t>(C, [&](int64_t c, auto lane) {
+              using T = decltype(lane);
+              const auto r = gct_channel_backward(mode, load_lanes(s + c, lane), load_lanes(e.data() + c, lane),
+                                                  T(denom), load_lanes(dz.data() + c, lane), T(q),
+                                                  load_lanes(p.alpha.data() + c, lane),
+                                                  load_lanes(p.gamma.data() + c, lane), T(p.eps), C);
+              store_lanes(coef[1] + i * C + c, r.k);
+              store_lanes(da.data() + n * C + c, r.dalpha);
+              store_lanes(dg.data() + n * C + c, r.dgamma);
+              store_lanes(db.data() + n * C + c, load_lanes(dz.data() + c, lane));
+            });
           }
         });
       };

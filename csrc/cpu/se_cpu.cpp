@@ -65,10 +65,7 @@ struct SeMlp {
     const int64_t full = width - width % kW;
     // acc[s] holds the vector partial sums of sample n0 + s; finished in a fixed order.
     auto finish = [&](const V& acc, int64_t j, int64_t n) {
-      acc_t lanes[kW];
-      acc.store(lanes);
-      acc_t sum = 0;
-      for (int64_t q = 0; q < kW; ++q) sum += lanes[q];
+      acc_t sum = horizontal_sum(acc);
       const acc_t* row = mat + j * width;
       const acc_t* x = in + n * width;
       for (int64_t i = full; i < width; ++i) sum += row[i] * x[i];
