@@ -381,7 +381,8 @@ __attribute__((always_inline)) inline void reduce_step(const Ptrs& in, int64_t o
 }
 
 // One step of the apply: out[j][offset ..] = apply(in[.][offset ..], coef) for kStep elements
-// (count < kStep: the first count). cf(p) gives the coefficient vectors of part p.
+// (count < kStep: the first count). cf(p, coef, count) gives the coefficient vectors of
+// part p of the step.
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply, typename InPtrs,
           typename OutPtrs, typename Coef>
 __attribute__((always_inline)) inline void apply_step(const InPtrs& in, const OutPtrs& out, int64_t offset,
@@ -395,7 +396,7 @@ __attribute__((always_inline)) inline void apply_step(const InPtrs& in, const Ou
   for (int p = 0; p < L::kParts; ++p) {
     Vacc args[NIn], coef[NK > 0 ? NK : 1], res[NOut];
     for (size_t k = 0; k < NIn; ++k) args[k] = v[k][p];
-    cf(p, coef);
+    cf(p, coef, count);
     apply(args, coef, res);
     for (size_t j = 0; j < NOut; ++j) r[j][p] = res[j];
   }
@@ -566,11 +567,13 @@ __attribute__((always_inline)) inline void apply_span(const std::array<const sca
     for (size_t k = 0; k < NK; ++k) fixed[k] = Vacc(coef[k][0]);
   }
   int64_t i = i0;
-  auto cf = [&](int p, Vacc* out_cf) {
+  auto cf = [&](int p, Vacc* out_cf, int64_t count) {
     for (size_t k = 0; k < NK; ++k) {
       if constexpr (kCoefAlongRow) {
-        const int64_t lanes = std::clamp<int64_t>(len - i - p * Vacc::size(), 0, Vacc::size());
-        out_cf[k] = Vacc::loadu(coef[k] + i + p * Vacc::size(), lanes);
+        const acc_type<scalar_t>* src = coef[k] + i + p * Vacc::size();
+        // count is the constant kStep in the loop over full steps: no masking there
+        out_cf[k] = count == L::kStep ? Vacc::loadu(src)
+                                      : Vacc::loadu(src, std::clamp<int64_t>(count - p * Vacc::size(), 0, Vacc::size()));
       } else {
         out_cf[k] = fixed[k];
       }
@@ -659,7 +662,7 @@ inline void apply_row_group(const std::array<const scalar_t*, NIn>& in, const st
     for (size_t k = 0; k < NK; ++k) fixed[g][k] = Vacc(coef[k][r + g]);
   }
   auto row_coef = [&](int g) {
-    return [&fixed, g](int, Vacc* out_cf) {
+    return [&fixed, g](int, Vacc* out_cf, int64_t) {
       for (size_t k = 0; k < NK; ++k) out_cf[k] = fixed[g][k];
     };
   };
