@@ -640,6 +640,50 @@ void apply_c_rows(const std::array<const scalar_t*, NIn> in, const std::array<in
   }
 }
 
+// apply over `rows` whole rows of `len` elements that follow each other in memory (a tile
+// of a dense NCHW map), row q with coefficients coef[k][q], walked as one flat range: the
+// vectors are aligned to the range, not to the rows, so short rows (7x7, 14x14) get no
+// line-splitting stores, no per-row tails, and streaming stores. A vector part spans at most
+// two rows (len >= its lanes): its coefficients blend the two rows' at the row boundary.
+template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
+void apply_flat_rows(const std::array<const scalar_t*, NIn> in, const std::array<scalar_t*, NOut> out,
+                     int64_t rows, int64_t len, const std::array<const acc_type<scalar_t>*, NK> coef,
+                     const Apply& apply, bool streaming) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  constexpr int64_t kW = Vacc::size();
+  const int64_t total = rows * len;
+  Vacc lane_index;
+  {
+    acc_t iota[kW];
+    for (int64_t j = 0; j < kW; ++j) iota[j] = static_cast<acc_t>(j);
+    lane_index = Vacc::loadu(iota);
+  }
+  int64_t i = 0;
+  int64_t row = 0, row_end = len;  // the row holding element i of the part being built
+  auto cf = [&](int p, Vacc* out_cf, int64_t) {
+    const int64_t start = i + p * kW;
+    while (start >= row_end && row + 1 < rows) {
+      ++row;
+      row_end += len;
+    }
+    const int64_t split = row_end - start;  // lanes [0, split) are in `row`, the rest in the next
+    const int64_t next = std::min(row + 1, rows - 1);
+    for (size_t k = 0; k < NK; ++k) {
+      const Vacc here(coef[k][row]);
+      out_cf[k] = split >= kW ? here : Vacc::blendv(here, Vacc(coef[k][next]), lane_index >= Vacc(acc_t(split)));
+    }
+  };
+  const int64_t peel = streaming ? streaming_peel(out, total) : 0;
+  if (peel > 0) apply_step<scalar_t, NIn, NOut, NK>(in, out, 0, cf, apply, false, peel);
+  streaming = streaming && peel >= 0;
+  for (i = std::max<int64_t>(peel, 0); i + L::kStep <= total; i += L::kStep) {
+    apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, streaming);
+  }
+  if (i < total) apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, false, total - i);
+}
+
 // out[j] = apply(in, coef) over G short rows of `len` elements, rows r .. r + G, with one
 // set of coefficients per row: row q of tensor k starts at in[k] + q * in_stride[k]
 // (outputs: out[j] + q * out_stride[j]) and uses coef[k][q]. G rows per loop, for the same
@@ -702,6 +746,17 @@ using OutStreams = std::array<Stream<scalar_t*>, NOut>;
 template <typename ptr_t>
 inline ptr_t row_ptr(const Stream<ptr_t>& s, int64_t n, int64_t c, int64_t l) {
   return s.data + n * s.stride_n + c * s.stride_c + l * s.stride_l;
+}
+
+// Whether the rows of every tensor follow each other in memory (stride_c == L on the
+// L-rows path: a dense NCHW map or a slice of whole samples), so that a tile of whole rows
+// is one contiguous range.
+template <typename scalar_t, size_t NIn, size_t NOut>
+inline bool dense_rows(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutStreams<scalar_t, NOut>& out) {
+  bool dense = true;
+  for (const auto& st : in) dense = dense && st.stride_c == plan.l && st.stride_l == 1;
+  for (const auto& st : out) dense = dense && st.stride_c == plan.l && st.stride_l == 1;
+  return dense;
 }
 
 // Stage 1 on one tile of sample n: its partial sums of map(in[0..NR)) go to `partial`, the
@@ -815,6 +870,17 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
     }
     apply_c_rows<scalar_t, NIn, NOut, NK>(src, src_stride, dst, dst_stride, tile.l1 - tile.l0, plan.c, coef, apply,
                                           plan.stream_stores);
+    return;
+  }
+  if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && dense_rows(plan, in, out) &&
+      plan.l >= Vectorized<acc_t>::size()) {
+    std::array<const scalar_t*, NIn> src;
+    std::array<scalar_t*, NOut> dst;
+    std::array<const acc_t*, NK> cf;
+    for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, tile.c0, 0);
+    for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, tile.c0, 0);
+    for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + tile.c0;
+    apply_flat_rows<scalar_t, NIn, NOut, NK>(src, dst, tile.c1 - tile.c0, plan.l, cf, apply, plan.stream_stores);
     return;
   }
   if (plan.path == Path::kRowsAlongL && !plan.stream_stores && tile.l1 - tile.l0 <= kShortRow) {
