@@ -103,11 +103,14 @@ def test_gct_identity_at_init_is_exact(backend):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-@pytest.mark.parametrize("shape,dtype", [((2, 64, 183, 181), torch.float32), ((2, 64, 256, 257), torch.bfloat16)],
-                         ids=["fp32-odd-rows", "bf16"])
+@pytest.mark.parametrize("shape,dtype", [((2, 64, 183, 181), torch.float32), ((2, 64, 256, 257), torch.bfloat16),
+                                         ((84, 1024, 7, 7), torch.float32)],
+                         ids=["fp32-odd-rows", "bf16", "fp32-short-rows"])
 def test_maps_larger_than_the_cache_cpu(shape, dtype, layout):
     """Outputs of >= 16 MB take the CPU kernels' streaming-store path (odd row lengths:
-    rows start unaligned); forward and backward must match the reference all the same."""
+    rows start unaligned; bf16: rows longer than one L-tile, whose last tile is a short
+    part of a row; 7x7: tiles of whole short rows walked as one flat range); forward and
+    backward must match the reference all the same."""
     device = backend_device("cpu")
     x = make_map(shape, dtype, device, layout)
     assert x.numel() * x.element_size() >= 16 << 20

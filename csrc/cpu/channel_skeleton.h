@@ -451,6 +451,76 @@ constexpr int kReduceRowGroup = 8;
 // Rows applied together.
 constexpr int kApplyRowGroup = 4;
 
+// Walks a flat range of whole rows of `len` elements (rows following each other in
+// memory) part by part, for the flat short-row kernels below.
+struct RowCursor {
+  int64_t rows, len;
+  int64_t row = 0, row_end = len;  // the current row and the flat index where it ends
+  // Moves to the row holding flat index `start` (never past the last row) and returns how
+  // many elements from `start` on are still in it.
+  int64_t seek(int64_t start) {
+    while (start >= row_end && row + 1 < rows) {
+      ++row;
+      row_end += len;
+    }
+    return row_end - start;
+  }
+};
+
+// (0, 1, 2, ...) as a vector, to compare lane numbers with a row boundary.
+template <typename T>
+inline Vectorized<T> lane_index() {
+  T iota[Vectorized<T>::size()];
+  for (int64_t j = 0; j < Vectorized<T>::size(); ++j) iota[j] = static_cast<T>(j);
+  return Vectorized<T>::loadu(iota);
+}
+
+// Sums of map(in) over `rows` whole rows of `len` elements that follow each other in
+// memory (a tile of a dense NCHW map), row q's sum to out[q * out_stride], walked as one
+// flat range of aligned full vectors: a vector part spans at most two rows (len >= its
+// lanes) and is split between their accumulators at the boundary. Each row's lanes add up
+// its parts in order, then horizontal_sum: a fixed order for a given shape.
+template <typename scalar_t, size_t NR, typename Map>
+void reduce_flat_rows(const std::array<const scalar_t*, NR> in, int64_t rows, int64_t len,
+                      acc_type<scalar_t>* out, int64_t out_stride, const Map& map) {
+  using L = Lanes<scalar_t>;
+  using acc_t = typename L::acc_t;
+  using Vacc = typename L::Vacc;
+  constexpr int64_t kW = Vacc::size();
+  const int64_t total = rows * len;
+  const Vacc lanes = lane_index<acc_t>();
+  const Vacc zero(acc_t(0));
+  RowCursor cursor{rows, len};
+  Vacc acc = zero;
+  auto add_step = [&](int64_t i, int64_t count) {
+    Vacc m[L::kParts];
+    for (auto& v : m) v = zero;
+    reduce_step<scalar_t, NR>(in, i, map, m, count);  // m[p] = map of part p (0 past count)
+    for (int p = 0; p < L::kParts; ++p) {
+      const int64_t start = i + p * kW;
+      if (start >= cursor.row_end && cursor.row + 1 < rows) {  // a part starting a new row
+        out[cursor.row * out_stride] = horizontal_sum(acc);
+        acc = zero;
+        cursor.seek(start);
+      }
+      const int64_t split = cursor.row_end - start;
+      if (split >= kW || cursor.row + 1 == rows) {  // lanes past the last row are zeros
+        acc = acc + m[p];
+        continue;
+      }
+      const auto in_next = lanes >= Vacc(acc_t(split));
+      acc = acc + Vacc::blendv(m[p], zero, in_next);
+      out[cursor.row * out_stride] = horizontal_sum(acc);
+      acc = Vacc::blendv(zero, m[p], in_next);
+      cursor.seek(cursor.row_end);
+    }
+  };
+  int64_t i = 0;
+  for (; i + L::kStep <= total; i += L::kStep) add_step(i, L::kStep);
+  if (i < total) add_step(i, total - i);
+  out[cursor.row * out_stride] = horizontal_sum(acc);
+}
+
 // Sums of map(in) over G short rows of `len` elements, rows r .. r + G: row q of input k
 // starts at in[k] + q * row_stride[k] and its sum goes to out[q * out_stride]. Each row has
 // one vector accumulator (the tail a partial step), its lanes summed by horizontal_sum:
@@ -654,25 +724,15 @@ void apply_flat_rows(const std::array<const scalar_t*, NIn> in, const std::array
   using Vacc = typename L::Vacc;
   constexpr int64_t kW = Vacc::size();
   const int64_t total = rows * len;
-  Vacc lane_index;
-  {
-    acc_t iota[kW];
-    for (int64_t j = 0; j < kW; ++j) iota[j] = static_cast<acc_t>(j);
-    lane_index = Vacc::loadu(iota);
-  }
+  const Vacc lanes = lane_index<acc_t>();
+  RowCursor cursor{rows, len};
   int64_t i = 0;
-  int64_t row = 0, row_end = len;  // the row holding element i of the part being built
   auto cf = [&](int p, Vacc* out_cf, int64_t) {
-    const int64_t start = i + p * kW;
-    while (start >= row_end && row + 1 < rows) {
-      ++row;
-      row_end += len;
-    }
-    const int64_t split = row_end - start;  // lanes [0, split) are in `row`, the rest in the next
-    const int64_t next = std::min(row + 1, rows - 1);
+    const int64_t split = cursor.seek(i + p * kW);  // lanes [0, split) in cursor.row, the rest in the next
+    const int64_t next = std::min(cursor.row + 1, rows - 1);
     for (size_t k = 0; k < NK; ++k) {
-      const Vacc here(coef[k][row]);
-      out_cf[k] = split >= kW ? here : Vacc::blendv(here, Vacc(coef[k][next]), lane_index >= Vacc(acc_t(split)));
+      const Vacc here(coef[k][cursor.row]);
+      out_cf[k] = split >= kW ? here : Vacc::blendv(here, Vacc(coef[k][next]), lanes >= Vacc(acc_t(split)));
     }
   };
   const int64_t peel = streaming ? streaming_peel(out, total) : 0;
@@ -748,13 +808,21 @@ inline ptr_t row_ptr(const Stream<ptr_t>& s, int64_t n, int64_t c, int64_t l) {
   return s.data + n * s.stride_n + c * s.stride_c + l * s.stride_l;
 }
 
-// Whether the rows of every tensor follow each other in memory (stride_c == L on the
-// L-rows path: a dense NCHW map or a slice of whole samples), so that a tile of whole rows
-// is one contiguous range.
-template <typename scalar_t, size_t NIn, size_t NOut>
-inline bool dense_rows(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutStreams<scalar_t, NOut>& out) {
+// The flat short-row kernels (reduce_flat_rows, apply_flat_rows) apply to a tile that
+// holds whole rows (the last L-tile of a split row does not) of at least one vector of
+// lanes each...
+inline bool flat_tile(const Plan& plan, const Tile& tile) {
+  return tile.l0 == 0 && tile.l1 == plan.l && plan.l >= Vectorized<float>::size();
+}
+
+// ... where the rows of every tensor follow each other in memory (stride_c == L: a dense
+// NCHW map or a slice of whole samples), so that the tile is one contiguous range. The
+// reduce checks its NR inputs only (and no outputs).
+template <typename scalar_t, size_t NR, size_t NIn, size_t NOut = 0>
+inline bool dense_rows(const Plan& plan, const InStreams<scalar_t, NIn>& in,
+                       const OutStreams<scalar_t, NOut>& out = {}) {
   bool dense = true;
-  for (const auto& st : in) dense = dense && st.stride_c == plan.l && st.stride_l == 1;
+  for (size_t k = 0; k < NR; ++k) dense = dense && in[k].stride_c == plan.l && in[k].stride_l == 1;
   for (const auto& st : out) dense = dense && st.stride_c == plan.l && st.stride_l == 1;
   return dense;
 }
@@ -777,6 +845,11 @@ void reduce_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n
       strides[k] = in[k].stride_l;
     }
     reduce_c_rows<scalar_t, NR>(rows, strides, tile.l1 - tile.l0, C, partial + lb * C, map);
+  } else if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && flat_tile(plan, tile) &&
+             dense_rows<scalar_t, NR>(plan, in)) {
+    std::array<const scalar_t*, NR> rows;
+    for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, tile.c0, 0);
+    reduce_flat_rows<scalar_t, NR>(rows, tile.c1 - tile.c0, plan.l, partial + tile.c0 * T + lb, T, map);
   } else if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow) {
     std::array<const scalar_t*, NR> rows;
     std::array<int64_t, NR> strides;
@@ -872,8 +945,8 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
                                           plan.stream_stores);
     return;
   }
-  if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && dense_rows(plan, in, out) &&
-      plan.l >= Vectorized<acc_t>::size()) {
+  if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && flat_tile(plan, tile) &&
+      dense_rows<scalar_t, NIn>(plan, in, out)) {
     std::array<const scalar_t*, NIn> src;
     std::array<scalar_t*, NOut> dst;
     std::array<const acc_t*, NK> cf;
