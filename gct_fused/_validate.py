@@ -18,6 +18,9 @@ ACTIVATIONS_AFTER = ("relu", "none")
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
+# Types the fast paths below accept as they are (modules pass nn.Parameter); anything else,
+# tensor subclasses included, takes the full checks.
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_choice(value, choices, name: str, fn: str) -> None:
@@ -78,8 +81,8 @@ def check_same_dtype(params: dict, fn: str) -> None:
 
 def _gct_ok(x, alpha, gamma, beta, epsilon, mode, after_relu) -> bool:
     """The common case in a few cheap tests; check_gct explains any failure."""
-    if not (type(x) is torch.Tensor and type(alpha) is torch.Tensor and type(gamma) is torch.Tensor
-            and type(beta) is torch.Tensor):
+    if not (type(x) in _PLAIN_TENSORS and type(alpha) in _PLAIN_TENSORS and type(gamma) in _PLAIN_TENSORS
+            and type(beta) in _PLAIN_TENSORS):
         return False
     dtype, pdtype, device = x.dtype, alpha.dtype, x.device
     return (x.dim() >= 2 and dtype in _FLOATING and gamma.dtype == pdtype and beta.dtype == pdtype
@@ -107,7 +110,7 @@ def check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu) -> None:
 
 def _se_ok(x, w1, b1, w2, b2, activation, gate) -> bool:
     """The common case in a few cheap tests; check_se explains any failure."""
-    if not (type(x) is torch.Tensor and type(w1) is torch.Tensor and type(w2) is torch.Tensor):
+    if not (type(x) in _PLAIN_TENSORS and type(w1) in _PLAIN_TENSORS and type(w2) in _PLAIN_TENSORS):
         return False
     dtype, pdtype, device = x.dtype, w1.dtype, x.device
     if not (x.dim() >= 2 and dtype in _FLOATING and w2.dtype == pdtype
@@ -117,7 +120,7 @@ def _se_ok(x, w1, b1, w2, b2, activation, gate) -> bool:
             and activation in ACTIVATIONS and gate in GATES):
         return False
     for bias, size in ((b1, w1.shape[0]), (b2, w2.shape[0])):
-        if bias is not None and not (type(bias) is torch.Tensor and bias.dtype == pdtype
+        if bias is not None and not (type(bias) in _PLAIN_TENSORS and bias.dtype == pdtype
                                      and bias.device == device and bias.dim() == 1 and bias.shape[0] == size):
             return False
     return True
