@@ -336,6 +336,39 @@ def _device_name(device) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+def _cpu_details() -> Optional[str]:
+    """Family/model, vector ISA and cache sizes of this CPU (Linux), e.g. "family 26 model 2,
+    AVX-512, L2 1024K, L3 32768K": machines of one name can differ in all of these."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "flags") and key not in fields:
+                    fields[key] = value.strip()
+                if len(fields) == 3:
+                    break
+    except OSError:
+        return None
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    caches = []
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(path, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(path, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(path, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind != "Instruction" and level in ("2", "3"):
+            caches.append(f"L{level} {size}")
+    return ", ".join([f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}", isa] + caches)
+
+
 def _metadata(device, args, flush: CacheFlush, allocator: Optional[str]) -> dict:
     try:
         import triton
@@ -348,7 +381,8 @@ def _metadata(device, args, flush: CacheFlush, allocator: Optional[str]) -> dict
     except (OSError, subprocess.SubprocessError):
         commit = None
     return {
-        "device": _device_name(device), "device_type": device.type, "threads": torch.get_num_threads(),
+        "device": _device_name(device), "device_type": device.type,
+        "cpu": _cpu_details() if device.type == "cpu" else None, "threads": torch.get_num_threads(),
         "torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
         "gct_fused": gct_fused.__version__, "commit": commit,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
