@@ -148,6 +148,44 @@ struct SeMlp {
     });
   }
 
+  // out[i, j] = sum_n a[n * rows + i] * b[n * cols + j] (rows x cols, row-major), each element
+  // summed over n = 0, 1, ... in order from 0 (a weight gradient: a = dO or dU, b = H or P).
+  // Blocks of kVecs vectors along j keep their sums in registers across n instead of
+  // adding every sample into memory; the column tail goes element by element, same order.
+  static void sum_of_outer_products(const acc_t* a, const acc_t* b, int64_t nb, int64_t rows, int64_t cols,
+                                    acc_t* out) {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t kW = V::size();
+    constexpr int kVecs = 8;
+    constexpr int64_t kBlock = kVecs * kW;
+    const int64_t blocks = (cols + kBlock - 1) / kBlock;
+    at::parallel_for(0, rows * blocks, mlp_grain(nb * kBlock), [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t i = task / blocks, j0 = (task % blocks) * kBlock, j1 = std::min(cols, j0 + kBlock);
+        acc_t* dst = out + i * cols;
+        if (j1 - j0 == kBlock) {
+          V acc[kVecs];
+#pragma GCC unroll 8
+          for (int v = 0; v < kVecs; ++v) acc[v] = V(acc_t(0));
+          for (int64_t n = 0; n < nb; ++n) {
+            const V an(a[n * rows + i]);
+            const acc_t* bn = b + n * cols + j0;
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) acc[v] = acc[v] + an * V::loadu(bn + v * kW);
+          }
+#pragma GCC unroll 8
+          for (int v = 0; v < kVecs; ++v) acc[v].store(dst + j0 + v * kW);
+          continue;
+        }
+        for (int64_t j = j0; j < j1; ++j) {
+          acc_t sum = 0;
+          for (int64_t n = 0; n < nb; ++n) sum += a[n * rows + i] * b[n * cols + j];
+          dst[j] = sum;
+        }
+      }
+    });
+  }
+
   // s = gate(o) over n values, vectorised (the sigmoid's exp would dominate otherwise).
   void gate_array(const acc_t* o, acc_t* s, int64_t n) const {
     using V = Vectorized<acc_t>;
@@ -306,35 +344,14 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
       reduce_head_apply<scalar_t, NIn, 2>(plan, in, out, grads.data(), map, head, apply);
     }  // else N, C or L is 0: G = 0, so every gradient below is 0
 
-    // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :].
-    // Written straight into acc-type tensors; each row is owned by one thread and summed over
-    // n in order.
+    // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :], written
+    // straight into acc-type tensors, each element summed over n in order.
     const auto acc_options = w1.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     at::Tensor gw1 = at::empty({R, C}, acc_options), gw2 = at::empty({C, R}, acc_options);
     acc_t* gw1_data = gw1.data_ptr<acc_t>();
     acc_t* gw2_data = gw2.data_ptr<acc_t>();
-    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        acc_t* row = gw2_data + c * R;
-        std::fill(row, row + R, acc_t(0));
-        for (int64_t n = 0; n < N; ++n) {
-          const acc_t a = d_o[n * C + c];
-          const acc_t* h = h_all.data() + n * R;
-          for (int64_t r = 0; r < R; ++r) row[r] += a * h[r];
-        }
-      }
-    });
-    at::parallel_for(0, R, 4, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        acc_t* row = gw1_data + r * C;
-        std::fill(row, row + C, acc_t(0));
-        for (int64_t n = 0; n < N; ++n) {
-          const acc_t a = d_u[n * R + r];
-          const acc_t* p = p_data + n * C;
-          for (int64_t c = 0; c < C; ++c) row[c] += a * p[c];
-        }
-      }
-    });
+    SeMlp<acc_t>::sum_of_outer_products(d_o.data(), h_all.data(), N, C, R, gw2_data);  // dW2 (C, R)
+    SeMlp<acc_t>::sum_of_outer_products(d_u.data(), p_data, N, R, C, gw1_data);        // dW1 (R, C)
     dw1 = gw1.to(w1.scalar_type()).reshape(w1.sizes());
     dw2 = gw2.to(w2.scalar_type()).reshape(w2.sizes());
     const at::Tensor bias_like1 = b1.has_value() ? *b1 : at::empty({R}, w1.options());
