@@ -5,7 +5,7 @@ code path of the CPU kernels (csrc/cpu/channel_skeleton.h):
   path kRowsAlongL (NCHW rows; many short rows per tile), kRowsAlongC (channels_last),
   kGeneric (spatial dims that do not merge, stride-0 gradients), both-ways-contiguous maps
   (C = 1 or L = 1); whole samples per thread (sample_parallel) and chunks of samples shared by
-  all threads; rows longer than 32768 split into L-tiles; outputs >= 16 MB written with
+  all threads; rows longer than 32768 split into L-tiles; outputs >= 8 MB written with
   streaming stores; float32, bfloat16 (two vectors per load) and float64.
 
 The Triton kernels (under the interpreter here, on a GPU when there is one) are checked the
