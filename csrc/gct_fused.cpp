@@ -1,6 +1,6 @@
 // The op schemas of gct_fused, in one place. Kernels register against these from
 // cpu/*.cpp (CPU dispatch key) and cuda/*.cu (CUDA); the Python package registers
-// fake (meta) implementations and autograd formulas for them (gct_fused/_ops.py).
+// fake (meta) implementations for them (gct_fused/_ops.py); autograd.cpp their autograd.
 //
 // Every forward returns its output and the per-(n, c) statistics its backward needs
 // (float32, float64 for float64 input): GCT saves s = sum_l x^2 (or |x|, x), SE the

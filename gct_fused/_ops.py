@@ -1,5 +1,5 @@
 """Loads the compiled extension gct_fused._C (which defines the op schemas and the CPU
-and CUDA kernels) and registers fake implementations and autograd for its ops.
+and CUDA kernels, and their autograd) and registers fake implementations for its ops.
 
 If the extension is missing (not built), C_IMPORT_ERROR says why and the "cpu"/"cuda"
 backends report themselves unavailable; the reference (and Triton) backends still work.
@@ -20,4 +20,4 @@ except ImportError as exc:  # pragma: no cover - exercised only without a build
 else:
     from ._registration import register_family
 
-    register_family("")
+    register_family("", autograd=False)  # autograd: csrc/autograd.cpp

@@ -4,7 +4,9 @@ A family is the six ops gct_forward, gct_backward, se_forward, se_backward,
 se_residual_forward and se_residual_backward under torch.ops.gct_fused, with a name
 prefix: "" for the C++ ops of gct_fused._C (CPU and CUDA kernels), "triton_" for the
 Triton ops. Every family has the same schemas, so one registration serves all:
-`register_family(prefix)`.
+`register_family(prefix)`. The C++ family takes only the fake implementations from here:
+its autograd is in csrc/autograd.cpp (the same formulas), so that a forward call does not
+go through Python.
 
 The forward ops return (output, statistics); statistics are per-(n, c), float32
 (float64 for float64 input), and are all the backward needs besides x. Each backward op
@@ -43,8 +45,10 @@ def _same_device(fn: str, x: torch.Tensor, **tensors) -> None:
             raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
 
 
-def register_family(prefix: str) -> None:
-    """Registers fake implementations and autograd for the ops named `prefix + name`."""
+def register_family(prefix: str, autograd: bool = True) -> None:
+    """Registers fake implementations, and autograd unless `autograd` is False, for the ops
+    named `prefix + name`. The C++ family ("") has its autograd in C++ (csrc/autograd.cpp,
+    the same formulas as below), which costs no Python call per forward."""
     lib = "gct_fused::" + prefix
 
     def op(name):
@@ -84,6 +88,11 @@ def register_family(prefix: str) -> None:
                 _bias_grad_like(b1, w1, w1.shape[0]), _grad_like(w2),
                 _bias_grad_like(b2, w2, w2.shape[0]))
 
+    if autograd:
+        _register_autograd(lib, op)
+
+
+def _register_autograd(lib: str, op) -> None:
     # ---- autograd --------------------------------------------------------------------
     def gct_setup(ctx, inputs, output):
         x, alpha, gamma, beta, epsilon, mode, after_relu = inputs

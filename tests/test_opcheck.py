@@ -39,3 +39,41 @@ def test_opcheck(backend):
             grad_args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) and a.dtype.is_floating_point
                               else a for a in args)
             torch.library.opcheck(op, grad_args)
+
+
+FORWARD_OPS = ("gct_forward", "se_forward", "se_residual_forward")
+
+
+@pytest.mark.parametrize("name", FORWARD_OPS)
+def test_cpp_family_autograd_is_the_cpp_kernel(name):
+    """The C++ ops' autograd is registered in C++ (csrc/autograd.cpp), not through
+    torch.library's Python autograd, which would run Python on every forward call."""
+    if "cpu" not in FUSED_BACKENDS:
+        pytest.skip("the C++ extension is not built")
+    dump = torch._C._dispatch_dump("gct_fused::" + name)
+    autograd = [line for line in dump.splitlines() if line.startswith("Autograd")]
+    assert len(autograd) == 1 and "csrc/autograd.cpp" in autograd[0], dump
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_graph_only_when_a_gradient_can_be_asked_for(backend, bias):
+    """Outputs carry a grad_fn exactly when grad mode is on and some input requires grad;
+    the statistics never do; each input that requires grad gets one (None bias: none)."""
+    device = backend_device(backend)
+    for name, args in _samples(device):
+        has_none = any(a is None for a in args)
+        if not name.endswith("_forward") or (name != "gct_forward" and has_none == bias):
+            continue
+        op = fused_op(backend, name)
+        y, stats = op(*args)
+        assert y.grad_fn is None and not y.requires_grad
+        grad_args = tuple(a.detach().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args)
+        with torch.no_grad():
+            y, _ = op(*grad_args)
+        assert y.grad_fn is None
+        y, stats = op(*grad_args)
+        assert y.grad_fn is not None and not stats.requires_grad
+        tensors = [a for a in grad_args if isinstance(a, torch.Tensor)]
+        grads = torch.autograd.grad(y, tensors, torch.ones_like(y))
+        assert all(g is not None and g.shape == t.shape for g, t in zip(grads, tensors))

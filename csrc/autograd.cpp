@@ -1,0 +1,218 @@
+// Autograd of the three forward ops, for every backend of this library (CPU, CUDA, Meta):
+// each forward saves what its backward op needs and the backward calls that op. The
+// backward ops themselves are opaque (no autograd: no double backward), so that
+// torch.compile sees forward and backward as one kernel each.
+//
+// This lives in C++ rather than in torch.library.register_autograd because a Python
+// autograd kernel runs on every call, gradients needed or not: with caches cold (as in a
+// network, where the layers before evicted them) its interpreter path cost ~70 us per call
+// on our 2-core CPU, more than the whole kernel on a 7x7 map. The Triton family, which is
+// Python anyway, keeps the Python formulas (gct_fused/_registration.py); both return the
+// same gradients.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+namespace gct_fused {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The op `name` of this library, called through the dispatcher (so the backend of the
+// tensors picks the kernel).
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> library_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+using GctForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                 double, c10::string_view, bool);
+using GctBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                   const Tensor&, const Tensor&, const Tensor&,
+                                                                   double, c10::string_view, bool);
+using SeForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                                const Tensor&, const std::optional<Tensor>&, c10::string_view,
+                                                c10::string_view);
+using SeBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, c10::string_view, c10::string_view);
+using SeResidualForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                        const std::optional<Tensor>&, const Tensor&,
+                                                        const std::optional<Tensor>&, c10::string_view,
+                                                        c10::string_view, c10::string_view);
+using SeResidualBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+    const std::optional<Tensor>&, const Tensor&, c10::string_view, c10::string_view);
+
+// Autograd reads the device of every tensor argument before any kernel runs, so an
+// undefined one (None passed to the raw op) gets its error here, with its name.
+void check_defined(std::initializer_list<std::pair<const Tensor*, const char*>> args) {
+  for (const auto& [t, name] : args) TORCH_CHECK_VALUE(t->defined(), name, " must be a tensor, got None");
+}
+
+// A saved optional tensor comes back undefined when it was None.
+std::optional<Tensor> maybe(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
+Tensor or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+
+class GctFunction : public torch::autograd::Function<GctFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& alpha, const Tensor& gamma,
+                               const Tensor& beta, double epsilon, c10::string_view mode, bool after_relu) {
+    static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, stats] = op.call(x, alpha, gamma, beta, epsilon, mode, after_relu);
+    ctx->mark_non_differentiable({stats});
+    ctx->save_for_backward({x, alpha, gamma, beta, stats});
+    ctx->saved_data["epsilon"] = epsilon;
+    ctx->saved_data["mode"] = std::string(mode);
+    ctx->saved_data["after_relu"] = after_relu;
+    return {y, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = library_op<GctBackwardSig>("gct_fused::gct_backward");
+    const auto saved = ctx->get_saved_variables();
+    const std::string mode = ctx->saved_data["mode"].toStringRef();
+    auto [dx, dalpha, dgamma, dbeta] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                               ctx->saved_data["epsilon"].toDouble(), mode,
+                                               ctx->saved_data["after_relu"].toBool());
+    return {dx, dalpha, dgamma, dbeta, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+class SeFunction : public torch::autograd::Function<SeFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w1,
+                               const std::optional<Tensor>& b1, const Tensor& w2, const std::optional<Tensor>& b2,
+                               c10::string_view activation, c10::string_view gate) {
+    static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, pooled] = op.call(x, w1, b1, w2, b2, activation, gate);
+    ctx->mark_non_differentiable({pooled});
+    ctx->save_for_backward({x, w1, or_undefined(b1), w2, or_undefined(b2), pooled});
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["gate"] = std::string(gate);
+    return {y, pooled};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = library_op<SeBackwardSig>("gct_fused::se_backward");
+    const auto s = ctx->get_saved_variables();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const std::string gate = ctx->saved_data["gate"].toStringRef();
+    auto [dx, dw1, db1, dw2, db2] = op.call(grads[0], s[0], s[1], maybe(s[2]), s[3], maybe(s[4]), s[5],
+                                            activation, gate);
+    return {dx, dw1, s[2].defined() ? db1 : Tensor(), dw2, s[4].defined() ? db2 : Tensor(), Tensor(), Tensor()};
+  }
+};
+
+class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& identity, const Tensor& w1,
+                               const std::optional<Tensor>& b1, const Tensor& w2, const std::optional<Tensor>& b2,
+                               c10::string_view activation, c10::string_view gate,
+                               c10::string_view activation_after) {
+    static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, pooled] = op.call(x, identity, w1, b1, w2, b2, activation, gate, activation_after);
+    ctx->mark_non_differentiable({pooled});
+    const bool relu_after = activation_after == "relu";
+    // The output is kept only to recover relu's mask (y > 0); it is alive anyway as the
+    // input of the next layer, so this costs no memory.
+    ctx->save_for_backward({x, relu_after ? y : Tensor(), w1, or_undefined(b1), w2, or_undefined(b2), pooled});
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["gate"] = std::string(gate);
+    ctx->saved_data["relu_after"] = relu_after;
+    return {y, pooled};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto residual_op = library_op<SeResidualBackwardSig>("gct_fused::se_residual_backward");
+    static const auto se_op = library_op<SeBackwardSig>("gct_fused::se_backward");
+    const auto s = ctx->get_saved_variables();  // x, y, w1, b1, w2, b2, pooled
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const std::string gate = ctx->saved_data["gate"].toStringRef();
+    const Tensor& dy = grads[0];
+    Tensor dx, didentity, dw1, db1, dw2, db2;
+    if (ctx->saved_data["relu_after"].toBool()) {
+      std::tie(dx, didentity, dw1, db1, dw2, db2) =
+          residual_op.call(dy, s[0], s[1], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
+    } else {  // y = se(x) + identity: identity's gradient is dy itself
+      std::tie(dx, dw1, db1, dw2, db2) = se_op.call(dy, s[0], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6],
+                                                    activation, gate);
+      didentity = dy;
+    }
+    return {dx,  didentity, dw1,      s[3].defined() ? db1 : Tensor(), dw2, s[5].defined() ? db2 : Tensor(),
+            Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> pair(const variable_list& v) { return {v[0], v[1]}; }
+
+// No gradient will be asked for (grad mode off, or no input requires one): call the
+// kernel directly, without the graph node, saved tensors and output wrapping of
+// Function::apply (as torch.library's Python autograd does too).
+bool needs_graph(std::initializer_list<const Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor* t : tensors) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+const Tensor& value_or_undefined(const std::optional<Tensor>& t) {
+  static const Tensor undefined;
+  return t.has_value() ? *t : undefined;
+}
+
+std::tuple<Tensor, Tensor> gct_forward_autograd(const Tensor& x, const Tensor& alpha, const Tensor& gamma,
+                                                const Tensor& beta, double epsilon, c10::string_view mode,
+                                                bool after_relu) {
+  check_defined({{&x, "x"}, {&alpha, "alpha"}, {&gamma, "gamma"}, {&beta, "beta"}});
+  if (!needs_graph({&x, &alpha, &gamma, &beta})) {
+    static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, alpha, gamma, beta, epsilon, mode, after_relu);
+  }
+  return pair(GctFunction::apply(x, alpha, gamma, beta, epsilon, mode, after_relu));
+}
+
+std::tuple<Tensor, Tensor> se_forward_autograd(const Tensor& x, const Tensor& w1, const std::optional<Tensor>& b1,
+                                               const Tensor& w2, const std::optional<Tensor>& b2,
+                                               c10::string_view activation, c10::string_view gate) {
+  check_defined({{&x, "x"}, {&w1, "w1"}, {&w2, "w2"}});
+  if (!needs_graph({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
+    static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, w1, b1, w2, b2, activation, gate);
+  }
+  return pair(SeFunction::apply(x, w1, b1, w2, b2, activation, gate));
+}
+
+std::tuple<Tensor, Tensor> se_residual_forward_autograd(const Tensor& x, const Tensor& identity, const Tensor& w1,
+                                                        const std::optional<Tensor>& b1, const Tensor& w2,
+                                                        const std::optional<Tensor>& b2,
+                                                        c10::string_view activation, c10::string_view gate,
+                                                        c10::string_view activation_after) {
+  check_defined({{&x, "x"}, {&identity, "identity"}, {&w1, "w1"}, {&w2, "w2"}});
+  if (!needs_graph({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
+    static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, identity, w1, b1, w2, b2, activation, gate, activation_after);
+  }
+  return pair(SeResidualFunction::apply(x, identity, w1, b1, w2, b2, activation, gate, activation_after));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gct_fused, Autograd, m) {
+  m.impl("gct_forward", &gct_forward_autograd);
+  m.impl("se_forward", &se_forward_autograd);
+  m.impl("se_residual_forward", &se_residual_forward_autograd);
+}
+
+}  // namespace gct_fused
