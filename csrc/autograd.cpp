@@ -49,6 +49,31 @@ using SeResidualBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor,
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
     const std::optional<Tensor>&, const Tensor&, c10::string_view, c10::string_view);
 
+// The forward ops, looked up once.
+const c10::TypedOperatorHandle<GctForwardSig>& gct_forward_op() {
+  static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<SeForwardSig>& se_forward_op() {
+  static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<SeResidualForwardSig>& se_residual_forward_op() {
+  static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
+  return op;
+}
+const c10::TypedOperatorHandle<SeBackwardSig>& se_backward_op() {  // also se_residual's without relu
+  static const auto op = library_op<SeBackwardSig>("gct_fused::se_backward");
+  return op;
+}
+
+// The backend's kernel of `op` (CPU, CUDA, Meta, ...): the dispatch below this key.
+template <typename Sig, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, const Args&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(args...);
+}
+
 // Autograd reads the device of every tensor argument before any kernel runs, so an
 // undefined one (None passed to the raw op) gets its error here, with its name.
 void check_defined(std::initializer_list<std::pair<const Tensor*, const char*>> args) {
@@ -57,15 +82,16 @@ void check_defined(std::initializer_list<std::pair<const Tensor*, const char*>> 
 
 // A saved optional tensor comes back undefined when it was None.
 std::optional<Tensor> maybe(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
-Tensor or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
+const Tensor& value_or_undefined(const std::optional<Tensor>& t) {
+  static const Tensor undefined;
+  return t.has_value() ? *t : undefined;
+}
 
 class GctFunction : public torch::autograd::Function<GctFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& alpha, const Tensor& gamma,
                                const Tensor& beta, double epsilon, c10::string_view mode, bool after_relu) {
-    static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, stats] = op.call(x, alpha, gamma, beta, epsilon, mode, after_relu);
+    auto [y, stats] = call_below_autograd(gct_forward_op(), x, alpha, gamma, beta, epsilon, mode, after_relu);
     ctx->mark_non_differentiable({stats});
     ctx->save_for_backward({x, alpha, gamma, beta, stats});
     ctx->saved_data["epsilon"] = epsilon;
@@ -90,23 +116,20 @@ class SeFunction : public torch::autograd::Function<SeFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w1,
                                const std::optional<Tensor>& b1, const Tensor& w2, const std::optional<Tensor>& b2,
                                c10::string_view activation, c10::string_view gate) {
-    static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, pooled] = op.call(x, w1, b1, w2, b2, activation, gate);
+    auto [y, pooled] = call_below_autograd(se_forward_op(), x, w1, b1, w2, b2, activation, gate);
     ctx->mark_non_differentiable({pooled});
-    ctx->save_for_backward({x, w1, or_undefined(b1), w2, or_undefined(b2), pooled});
+    ctx->save_for_backward({x, w1, value_or_undefined(b1), w2, value_or_undefined(b2), pooled});
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["gate"] = std::string(gate);
     return {y, pooled};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = library_op<SeBackwardSig>("gct_fused::se_backward");
     const auto s = ctx->get_saved_variables();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::string gate = ctx->saved_data["gate"].toStringRef();
-    auto [dx, dw1, db1, dw2, db2] = op.call(grads[0], s[0], s[1], maybe(s[2]), s[3], maybe(s[4]), s[5],
-                                            activation, gate);
+    auto [dx, dw1, db1, dw2, db2] =
+        se_backward_op().call(grads[0], s[0], s[1], maybe(s[2]), s[3], maybe(s[4]), s[5], activation, gate);
     return {dx, dw1, s[2].defined() ? db1 : Tensor(), dw2, s[4].defined() ? db2 : Tensor(), Tensor(), Tensor()};
   }
 };
@@ -117,14 +140,14 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
                                const std::optional<Tensor>& b1, const Tensor& w2, const std::optional<Tensor>& b2,
                                c10::string_view activation, c10::string_view gate,
                                c10::string_view activation_after) {
-    static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, pooled] = op.call(x, identity, w1, b1, w2, b2, activation, gate, activation_after);
+    auto [y, pooled] =
+        call_below_autograd(se_residual_forward_op(), x, identity, w1, b1, w2, b2, activation, gate, activation_after);
     ctx->mark_non_differentiable({pooled});
     const bool relu_after = activation_after == "relu";
     // The output is kept only to recover relu's mask (y > 0); it is alive anyway as the
     // input of the next layer, so this costs no memory.
-    ctx->save_for_backward({x, relu_after ? y : Tensor(), w1, or_undefined(b1), w2, or_undefined(b2), pooled});
+    ctx->save_for_backward(
+        {x, relu_after ? y : Tensor(), w1, value_or_undefined(b1), w2, value_or_undefined(b2), pooled});
     ctx->saved_data["activation"] = std::string(activation);
     ctx->saved_data["gate"] = std::string(gate);
     ctx->saved_data["relu_after"] = relu_after;
@@ -133,7 +156,6 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto residual_op = library_op<SeResidualBackwardSig>("gct_fused::se_residual_backward");
-    static const auto se_op = library_op<SeBackwardSig>("gct_fused::se_backward");
     const auto s = ctx->get_saved_variables();  // x, y, w1, b1, w2, b2, pooled
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::string gate = ctx->saved_data["gate"].toStringRef();
@@ -143,11 +165,11 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
       std::tie(dx, didentity, dw1, db1, dw2, db2) =
           residual_op.call(dy, s[0], s[1], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
     } else {  // y = se(x) + identity: identity's gradient is dy itself
-      std::tie(dx, dw1, db1, dw2, db2) = se_op.call(dy, s[0], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6],
-                                                    activation, gate);
+      std::tie(dx, dw1, db1, dw2, db2) =
+          se_backward_op().call(dy, s[0], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
       didentity = dy;
     }
-    return {dx,  didentity, dw1,      s[3].defined() ? db1 : Tensor(), dw2, s[5].defined() ? db2 : Tensor(),
+    return {dx,  didentity, dw1, s[3].defined() ? db1 : Tensor(), dw2, s[5].defined() ? db2 : Tensor(),
             Tensor(), Tensor(), Tensor()};
   }
 };
@@ -164,19 +186,13 @@ bool needs_graph(std::initializer_list<const Tensor*> tensors) {
   }
   return false;
 }
-const Tensor& value_or_undefined(const std::optional<Tensor>& t) {
-  static const Tensor undefined;
-  return t.has_value() ? *t : undefined;
-}
 
 std::tuple<Tensor, Tensor> gct_forward_autograd(const Tensor& x, const Tensor& alpha, const Tensor& gamma,
                                                 const Tensor& beta, double epsilon, c10::string_view mode,
                                                 bool after_relu) {
   check_defined({{&x, "x"}, {&alpha, "alpha"}, {&gamma, "gamma"}, {&beta, "beta"}});
   if (!needs_graph({&x, &alpha, &gamma, &beta})) {
-    static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, alpha, gamma, beta, epsilon, mode, after_relu);
+    return call_below_autograd(gct_forward_op(), x, alpha, gamma, beta, epsilon, mode, after_relu);
   }
   return pair(GctFunction::apply(x, alpha, gamma, beta, epsilon, mode, after_relu));
 }
@@ -186,9 +202,7 @@ std::tuple<Tensor, Tensor> se_forward_autograd(const Tensor& x, const Tensor& w1
                                                c10::string_view activation, c10::string_view gate) {
   check_defined({{&x, "x"}, {&w1, "w1"}, {&w2, "w2"}});
   if (!needs_graph({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
-    static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, w1, b1, w2, b2, activation, gate);
+    return call_below_autograd(se_forward_op(), x, w1, b1, w2, b2, activation, gate);
   }
   return pair(SeFunction::apply(x, w1, b1, w2, b2, activation, gate));
 }
@@ -200,9 +214,8 @@ std::tuple<Tensor, Tensor> se_residual_forward_autograd(const Tensor& x, const T
                                                         c10::string_view activation_after) {
   check_defined({{&x, "x"}, {&identity, "identity"}, {&w1, "w1"}, {&w2, "w2"}});
   if (!needs_graph({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
-    static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(x, identity, w1, b1, w2, b2, activation, gate, activation_after);
+    return call_below_autograd(se_residual_forward_op(), x, identity, w1, b1, w2, b2, activation, gate,
+                               activation_after);
   }
   return pair(SeResidualFunction::apply(x, identity, w1, b1, w2, b2, activation, gate, activation_after));
 }
