@@ -98,51 +98,68 @@ struct SeMlp {
 
   // out[n * cols + j] = sum_k in[n * depth + k] * mat[k, j] for nb samples; mat is (depth,
   // cols). The backward's products with W2 and W1 as stored (no transposes): vectors run
-  // along j, the sum over k is sequential, so each element has a fixed order.
-  static void batched_vecmat(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t nb,
-                             acc_t* out) {
+  // along j, the sum over k is sequential (one fused multiply-add per term, in k order),
+  // so each element has a fixed order, whatever block or pair of samples it falls in.
+  static constexpr int kVecmatVecs = 4;         // independent accumulators per sample
+  static constexpr int64_t kVecmatSamples = 2;  // samples sharing each loaded weight vector
+
+  // Columns [j0, j0 + width) (width <= kVecmatVecs vectors; kFull: exactly that many) of
+  // samples [n0, n0 + S). A partial block loads its missing lanes as zeros and does not
+  // store them: matrices whose width is not a multiple of the block (R = 16, 28, ...) or an
+  // odd sample at the end of a chunk run here too, not through scalar fma chains (which
+  // were most of the SE backward at 1024 x 14 x 14).
+  template <int S, bool kFull>
+  static void vecmat_block(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t n0,
+                           int64_t j0, int64_t width, acc_t* out) {
     using V = Vectorized<acc_t>;
     constexpr int64_t kW = V::size();
-    constexpr int kVecs = 4;            // independent accumulators per sample (columns kVecs * kW)
-    constexpr int64_t kSamples = 2;     // samples sharing each loaded weight vector
-    constexpr int64_t kBlock = kVecs * kW;
+    constexpr int kVecs = kVecmatVecs;
+    int64_t lanes[kVecs];
+    for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : std::clamp<int64_t>(width - v * kW, 0, kW);
+    V acc[S][kVecs];
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) acc[s][v] = V(acc_t(0));
+    for (int64_t k = 0; k < depth; ++k) {
+      const acc_t* w = mat + k * cols + j0;
+      V wv[kVecs];
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) wv[v] = kFull ? V::loadu(w + v * kW) : V::loadu(w + v * kW, lanes[v]);
+#pragma GCC unroll 8
+      for (int s = 0; s < S; ++s) {
+        const V xs(in[(n0 + s) * depth + k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < kVecs; ++v) acc[s][v] = at::vec::fmadd(xs, wv[v], acc[s][v]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s)
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) {
+        acc_t* dst = out + (n0 + s) * cols + j0 + v * kW;
+        if (kFull) acc[s][v].store(dst);
+        else acc[s][v].store(dst, lanes[v]);
+      }
+  }
+
+  static void batched_vecmat(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t nb,
+                             acc_t* out) {
+    constexpr int64_t kBlock = kVecmatVecs * Vectorized<acc_t>::size();
+    constexpr int64_t kSamples = kVecmatSamples;
     const int64_t blocks = (cols + kBlock - 1) / kBlock;
     const int64_t groups = (nb + kSamples - 1) / kSamples;
     at::parallel_for(0, blocks * groups, mlp_grain(kSamples * depth * kBlock), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t j0 = (task / groups) * kBlock, j1 = std::min(cols, j0 + kBlock);
-        const int64_t n0 = (task % groups) * kSamples, n1 = std::min(nb, n0 + kSamples);
-        if (j1 - j0 == kBlock && n1 - n0 == kSamples) {
-          V acc[kSamples][kVecs];
-#pragma GCC unroll 8
-          for (int64_t s = 0; s < kSamples; ++s)
-#pragma GCC unroll 8
-            for (int v = 0; v < kVecs; ++v) acc[s][v] = V(acc_t(0));
-          for (int64_t k = 0; k < depth; ++k) {
-            const acc_t* w = mat + k * cols + j0;
-            V wv[kVecs];
-#pragma GCC unroll 8
-            for (int v = 0; v < kVecs; ++v) wv[v] = V::loadu(w + v * kW);
-#pragma GCC unroll 8
-            for (int64_t s = 0; s < kSamples; ++s) {
-              const V xs(in[(n0 + s) * depth + k]);
-#pragma GCC unroll 8
-              for (int v = 0; v < kVecs; ++v) acc[s][v] = at::vec::fmadd(xs, wv[v], acc[s][v]);
-            }
-          }
-#pragma GCC unroll 8
-          for (int64_t s = 0; s < kSamples; ++s)
-#pragma GCC unroll 8
-            for (int v = 0; v < kVecs; ++v) acc[s][v].store(out + (n0 + s) * cols + j0 + v * kW);
-          continue;
-        }
-        // Edge of the matrix: the same sequential sum over k, one element at a time.
-        for (int64_t n = n0; n < n1; ++n) {
-          for (int64_t j = j0; j < j1; ++j) {
-            acc_t acc = 0;
-            for (int64_t k = 0; k < depth; ++k) acc = std::fma(in[n * depth + k], mat[k * cols + j], acc);
-            out[n * cols + j] = acc;
-          }
+        const int64_t j0 = (task / groups) * kBlock, width = std::min(cols, j0 + kBlock) - j0;
+        const int64_t n0 = (task % groups) * kSamples;
+        const bool full = width == kBlock;
+        if (std::min(nb, n0 + kSamples) - n0 == kSamples) {
+          if (full) vecmat_block<kSamples, true>(mat, depth, cols, in, n0, j0, width, out);
+          else vecmat_block<kSamples, false>(mat, depth, cols, in, n0, j0, width, out);
+        } else {  // the last sample of an odd count
+          if (full) vecmat_block<1, true>(mat, depth, cols, in, n0, j0, width, out);
+          else vecmat_block<1, false>(mat, depth, cols, in, n0, j0, width, out);
         }
       }
     });
@@ -151,7 +168,8 @@ struct SeMlp {
   // out[i, j] = sum_n a[n * rows + i] * b[n * cols + j] (rows x cols, row-major), each element
   // summed over n = 0, 1, ... in order from 0 (a weight gradient: a = dO or dU, b = H or P).
   // Blocks of kVecs vectors along j keep their sums in registers across n instead of
-  // adding every sample into memory; the column tail goes element by element, same order.
+  // adding every sample into memory; a partial block at the end of a row (R = 64 columns of
+  // dW2 against a block of 128) loads its missing lanes as zeros and does not store them.
   static void sum_of_outer_products(const acc_t* a, const acc_t* b, int64_t nb, int64_t rows, int64_t cols,
                                     acc_t* out) {
     using V = Vectorized<acc_t>;
@@ -161,9 +179,12 @@ struct SeMlp {
     const int64_t blocks = (cols + kBlock - 1) / kBlock;
     at::parallel_for(0, rows * blocks, mlp_grain(nb * kBlock), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t i = task / blocks, j0 = (task % blocks) * kBlock, j1 = std::min(cols, j0 + kBlock);
-        acc_t* dst = out + i * cols;
-        if (j1 - j0 == kBlock) {
+        const int64_t i = task / blocks, j0 = (task % blocks) * kBlock, width = std::min(cols, j0 + kBlock) - j0;
+        acc_t* dst = out + i * cols + j0;
+        auto block = [&](auto full) {
+          constexpr bool kFull = decltype(full)::value;
+          int64_t lanes[kVecs];
+          for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : std::clamp<int64_t>(width - v * kW, 0, kW);
           V acc[kVecs];
 #pragma GCC unroll 8
           for (int v = 0; v < kVecs; ++v) acc[v] = V(acc_t(0));
@@ -171,17 +192,18 @@ struct SeMlp {
             const V an(a[n * rows + i]);
             const acc_t* bn = b + n * cols + j0;
 #pragma GCC unroll 8
-            for (int v = 0; v < kVecs; ++v) acc[v] = acc[v] + an * V::loadu(bn + v * kW);
+            for (int v = 0; v < kVecs; ++v) {
+              acc[v] = acc[v] + an * (kFull ? V::loadu(bn + v * kW) : V::loadu(bn + v * kW, lanes[v]));
+            }
           }
 #pragma GCC unroll 8
-          for (int v = 0; v < kVecs; ++v) acc[v].store(dst + j0 + v * kW);
-          continue;
-        }
-        for (int64_t j = j0; j < j1; ++j) {
-          acc_t sum = 0;
-          for (int64_t n = 0; n < nb; ++n) sum += a[n * rows + i] * b[n * cols + j];
-          dst[j] = sum;
-        }
+          for (int v = 0; v < kVecs; ++v) {
+            if (kFull) acc[v].store(dst + v * kW);
+            else acc[v].store(dst + v * kW, lanes[v]);
+          }
+        };
+        if (width == kBlock) block(std::true_type{});
+        else block(std::false_type{});
       }
     });
   }
