@@ -133,6 +133,13 @@ inline void store_first(T* p, const Vectorized<T>& v, int64_t count) {
 #endif
 }
 
+// Of `count` elements from the start of a run, how many fall in its vector part p (lanes
+// [p * size, (p + 1) * size)): the lane count of that part's masked load or store, 0..size.
+template <typename T>
+constexpr int64_t part_lanes(int64_t count, int64_t p) {
+  return std::clamp<int64_t>(count - p * Vectorized<T>::size(), 0, Vectorized<T>::size());
+}
+
 // Loads and stores Vectorized<scalar_t>::size() elements as kParts acc vectors
 // (1 for float/double, 2 for half/bfloat16, which widen to float).
 template <typename scalar_t>
@@ -605,7 +612,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
     acc_t* dst = partial + c;
     Vacc acc[L::kParts];
     for (int p = 0; p < L::kParts; ++p) {
-      const int64_t lanes = kFull ? Vacc::size() : std::clamp<int64_t>(count - p * Vacc::size(), 0, Vacc::size());
+      const int64_t lanes = kFull ? Vacc::size() : part_lanes<acc_t>(count, p);
       if (first) acc[p] = Vacc(acc_t(0));
       else if constexpr (kFull) acc[p] = Vacc::loadu(dst + p * Vacc::size());
       else acc[p] = Vacc::loadu(dst + p * Vacc::size(), lanes);
@@ -619,7 +626,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
       if constexpr (kFull) {
         acc[p].store(dst + p * Vacc::size());
       } else {
-        const int64_t lanes = std::clamp<int64_t>(count - p * Vacc::size(), 0, Vacc::size());
+        const int64_t lanes = part_lanes<acc_t>(count, p);
         if (lanes > 0) store_first(dst + p * Vacc::size(), acc[p], lanes);
       }
     }
@@ -666,7 +673,7 @@ __attribute__((always_inline)) inline void apply_span(const std::array<const sca
         const acc_type<scalar_t>* src = coef[k] + i + p * Vacc::size();
         // count is the constant kStep in the loop over full steps: no masking there
         out_cf[k] = count == L::kStep ? Vacc::loadu(src)
-                                      : Vacc::loadu(src, std::clamp<int64_t>(count - p * Vacc::size(), 0, Vacc::size()));
+                                      : Vacc::loadu(src, part_lanes<acc_type<scalar_t>>(count, p));
       } else {
         out_cf[k] = fixed[k];
       }

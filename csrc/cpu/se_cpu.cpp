@@ -115,7 +115,7 @@ struct SeMlp {
     constexpr int64_t kW = V::size();
     constexpr int kVecs = kVecmatVecs;
     int64_t lanes[kVecs];
-    for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : std::clamp<int64_t>(width - v * kW, 0, kW);
+    for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : part_lanes<acc_t>(width, v);
     V acc[S][kVecs];
 #pragma GCC unroll 8
     for (int s = 0; s < S; ++s)
@@ -184,7 +184,7 @@ struct SeMlp {
         auto block = [&](auto full) {
           constexpr bool kFull = decltype(full)::value;
           int64_t lanes[kVecs];
-          for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : std::clamp<int64_t>(width - v * kW, 0, kW);
+          for (int v = 0; v < kVecs; ++v) lanes[v] = kFull ? kW : part_lanes<acc_t>(width, v);
           V acc[kVecs];
 #pragma GCC unroll 8
           for (int v = 0; v < kVecs; ++v) acc[v] = V(acc_t(0));
