@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -192,15 +192,27 @@ def _quantiles(samples: List[float]):
     return q(0.5), q(0.2), q(0.8)
 
 
+def _cpu_caches() -> List[Tuple[str, str, str]]:
+    """(level, type, size) of each cache of CPU 0 as sysfs names them, e.g. ("3", "Unified",
+    "32768K"); empty where sysfs does not say."""
+    def read(path, name):
+        with open(os.path.join(path, name)) as f:
+            return f.read().strip()
+
+    caches = []
+    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            caches.append((read(path, "level"), read(path, "type"), read(path, "size")))
+        except OSError:
+            continue
+    return caches
+
+
 def _last_level_cache_bytes() -> int:
     """Size of the largest CPU cache this process sees (sysfs), 32 MB if unknown."""
     sizes = []
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            with open(path) as f:
-                text = f.read().strip().upper()
-        except OSError:
-            continue
+    for _, _, text in _cpu_caches():
+        text = text.upper()
         scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
         digits = text.rstrip("KMG")
         if digits.isdigit():
@@ -353,19 +365,8 @@ def _cpu_details() -> Optional[str]:
         return None
     flags = fields.get("flags", "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    caches = []
-    for path in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            with open(os.path.join(path, "level")) as f:
-                level = f.read().strip()
-            with open(os.path.join(path, "type")) as f:
-                kind = f.read().strip()
-            with open(os.path.join(path, "size")) as f:
-                size = f.read().strip()
-        except OSError:
-            continue
-        if kind != "Instruction" and level in ("2", "3"):
-            caches.append(f"L{level} {size}")
+    caches = [f"L{level} {size}" for level, kind, size in _cpu_caches()
+              if kind != "Instruction" and level in ("2", "3")]
     return ", ".join([f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}", isa] + caches)
 
 
