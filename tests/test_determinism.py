@@ -118,6 +118,33 @@ def test_cpu_bitwise_across_runs_and_thread_counts(case):
         _assert_bitwise(runs, f"cpu {name} {case[0]} (threads {THREADS + (THREADS[-1],)})")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels,hidden", [(96, 32), (96, 20), (2048, 128)])
+def test_cpu_se_mlp_result_of_a_sample_does_not_depend_on_its_batch(channels, hidden, dtype):
+    """The SE head's dot products (csrc/cpu/se_cpu.cpp, SeMlp) run in blocks of rows x eight
+    samples, finished eight at a time (horizontal_sums8), and the samples left over one by
+    one: a sample's gate must have the same bits whichever way it was computed. On 1 x 1
+    maps the reduce and the apply are exact per element, so y and dx of each sample of a
+    batch of 11 (8 in a block, 3 left over) are compared with that sample run alone."""
+    backend_device("cpu")
+    n = 11
+    x = make_map((n, channels, 1, 1), dtype, "cpu", seed=1)
+    dy = make_map((n, channels, 1, 1), dtype, "cpu", seed=2)
+    pdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    params = make_se_params(channels, hidden, pdtype, "cpu")
+
+    def y_and_dx(xs, dys):
+        xs = xs.detach().requires_grad_(True)
+        y = gct_fused.squeeze_excite(xs, *params, "silu", "sigmoid", backend="cpu")
+        (dx,) = torch.autograd.grad(y, xs, dys)
+        return [y.detach(), dx]
+
+    batch = y_and_dx(x, dy)
+    for i in (0, 5, 7, 8, 10):
+        alone = y_and_dx(x[i:i + 1], dy[i:i + 1])
+        _assert_bitwise([[t[i:i + 1] for t in batch], alone], f"sample {i} of {n} against alone")
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_fused_gpu_backends_bitwise_across_runs(backend, layout):
