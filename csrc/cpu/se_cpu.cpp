@@ -132,9 +132,11 @@ struct SeMlp {
   // out[n * cols + j] = sum_k in[n * depth + k] * mat[k, j] for nb samples; mat is (depth,
   // cols). The backward's products with W2 and W1 as stored (no transposes): vectors run
   // along j, the sum over k is sequential (one fused multiply-add per term, in k order),
-  // so each element has a fixed order, whatever block or pair of samples it falls in.
-  static constexpr int kVecmatVecs = 4;         // independent accumulators per sample
-  static constexpr int64_t kVecmatSamples = 2;  // samples sharing each loaded weight vector
+  // so each element has a fixed order, whatever block or group of samples it falls in.
+  static constexpr int kVecmatVecs = 4;  // independent accumulators per sample
+  // Samples sharing each loaded weight vector: four (16 accumulators) walk the weights half
+  // as often as two did (se_backward 8x2048x1x1 warm 252 -> 225 us).
+  static constexpr int64_t kVecmatSamples = 4;
 
   // Columns [j0, j0 + width) (width <= kVecmatVecs vectors; kFull: exactly that many) of
   // samples [n0, n0 + S). A partial block loads its missing lanes as zeros and does not
@@ -190,9 +192,11 @@ struct SeMlp {
         if (std::min(nb, n0 + kSamples) - n0 == kSamples) {
           if (full) vecmat_block<kSamples, true>(mat, depth, cols, in, n0, j0, width, out);
           else vecmat_block<kSamples, false>(mat, depth, cols, in, n0, j0, width, out);
-        } else {  // the last sample of an odd count
-          if (full) vecmat_block<1, true>(mat, depth, cols, in, n0, j0, width, out);
-          else vecmat_block<1, false>(mat, depth, cols, in, n0, j0, width, out);
+        } else {  // the samples left over at the end, one at a time
+          for (int64_t n = n0; n < nb; ++n) {
+            if (full) vecmat_block<1, true>(mat, depth, cols, in, n, j0, width, out);
+            else vecmat_block<1, false>(mat, depth, cols, in, n, j0, width, out);
+          }
         }
       }
     });
