@@ -623,7 +623,8 @@ void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::arr
 // its rows to the running sums in `partial`: one load-add-store of the partial sums per
 // group rather than per row, while the rows are still read front to back (holding a
 // block of channels in registers across all rows instead made the reads jump between
-// rows, which cost more than it saved on maps coming from DRAM). With two inputs (the
+// rows, which cost more than it saved on maps coming from DRAM; rows short enough for all
+// their channels to stay in registers go through reduce_c_rows_in_registers instead). With two inputs (the
 // backward's dy and x) groups of four measured slower on cold maps than one row at a time
 // (8x256x56x56 channels_last backward: 3.0-3.3 ms against 2.8-3.0 ms), so the group is
 // four rows for one input and one row otherwise (eight, for one input, measured far slower:
