@@ -163,6 +163,13 @@ struct Lanes {
     if constexpr (kParts == 1) store_first(p, in[0], count);
     else store_first(p, at::vec::convert_from_float<scalar_t>(in[0], in[1]), count);
   }
+  // The running sums of one step (acc_t, kParts vectors), the first `count` of them.
+  static void store_sums(acc_t* p, const Vacc* in, int64_t count = kStep) {
+    for (int q = 0; q < kParts; ++q) {
+      const int64_t lanes = part_lanes<acc_t>(count, q);
+      if (lanes > 0) store_first(p + q * Vacc::size(), in[q], lanes);
+    }
+  }
 };
 
 // Sum of the lanes of v in a fixed shuffle tree (at::vec's, log2(lanes) dependent adds)
@@ -660,14 +667,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
       if constexpr (kFull) reduce_step<scalar_t, NR>(rows[g], c, map, acc);
       else reduce_step<scalar_t, NR>(rows[g], c, map, acc, count);
     }
-    for (int p = 0; p < L::kParts; ++p) {
-      if constexpr (kFull) {
-        acc[p].store(dst + p * Vacc::size());
-      } else {
-        const int64_t lanes = part_lanes<acc_t>(count, p);
-        if (lanes > 0) store_first(dst + p * Vacc::size(), acc[p], lanes);
-      }
-    }
+    L::store_sums(dst, acc, count);
   };
   int64_t c = 0;
   for (; c + L::kStep <= len; c += L::kStep) step(c, std::true_type{});
@@ -704,15 +704,8 @@ void reduce_c_rows_in_registers(std::array<const scalar_t*, NR> row, const std::
     for (size_t k = 0; k < NR; ++k) row[k] += row_stride[k];
   }
 #pragma GCC unroll 8
-  for (int s = 0; s < kFullSteps; ++s)
-    for (int p = 0; p < L::kParts; ++p) acc[s][p].store(partial + s * L::kStep + p * Vacc::size());
-  if constexpr (kTail) {
-    acc_t* dst = partial + kFullSteps * L::kStep;
-    for (int p = 0; p < L::kParts; ++p) {
-      const int64_t lanes = part_lanes<acc_t>(tail, p);
-      if (lanes > 0) store_first(dst + p * Vacc::size(), acc[S - 1][p], lanes);
-    }
-  }
+  for (int s = 0; s < kFullSteps; ++s) L::store_sums(partial + s * L::kStep, acc[s]);
+  if constexpr (kTail) L::store_sums(partial + kFullSteps * L::kStep, acc[S - 1], tail);
 }
 
 // Calls reduce_c_rows_in_registers<steps> for rows of `len` channels in at most
