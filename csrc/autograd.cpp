@@ -1,7 +1,9 @@
 // Autograd of the three forward ops, for every backend of this library (CPU, CUDA, Meta):
 // each forward saves what its backward op needs and the backward calls that op. The
 // backward ops themselves are opaque (no autograd: no double backward), so that
-// torch.compile sees forward and backward as one kernel each.
+// torch.compile sees forward and backward as one kernel each. A gradient computed with
+// create_graph=True therefore carries a node that raises if it is differentiated again
+// (as Python's @once_differentiable does), instead of silently contributing zero.
 //
 // This lives in C++ rather than in torch.library.register_autograd because a Python
 // autograd kernel runs on every call, gradients needed or not: with caches cold (as in a
@@ -11,6 +13,8 @@
 // same gradients.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include <string>
@@ -87,6 +91,42 @@ const Tensor& value_or_undefined(const std::optional<Tensor>& t) {
   return t.has_value() ? *t : undefined;
 }
 
+// What a second derivative through a fused backward raises.
+constexpr const char* kNoDoubleBackward =
+    "gct_fused: the fused backward ops are not differentiable (no double backward, e.g. "
+    "for a gradient penalty or a Hessian-vector product); call the op with "
+    "backend=\"reference\" where a second derivative is needed";
+
+// Runs a Function's backward body with grad mode off (the backward ops have no autograd:
+// recorded, they would only yield second derivatives that are silently zero). When the
+// engine runs with create_graph=True and an input of the body requires grad, the
+// gradients returned are aliases whose grad_fn is an Error node with edges to those
+// inputs (dy, the saved x and parameters): any later derivative that reaches them runs
+// the node, which raises kNoDoubleBackward.
+template <typename Body>
+variable_list first_order_only(const variable_list& grads, const variable_list& saved, const Body& body) {
+  bool record = at::GradMode::is_enabled();
+  if (record) {
+    record = false;
+    for (const auto* list : {&grads, &saved}) {
+      for (const Tensor& t : *list) record = record || (t.defined() && t.requires_grad());
+    }
+  }
+  variable_list out;
+  {
+    at::NoGradGuard no_grad;
+    out = body();
+  }
+  if (!record) return out;
+  const c10::intrusive_ptr<torch::autograd::Node> node = c10::make_intrusive<torch::autograd::Error>(
+      kNoDoubleBackward, torch::autograd::collect_next_edges(grads, saved));
+  for (Tensor& t : out) {
+    if (t.defined()) t = t.detach();  // an alias: dy itself may be returned (SE residual)
+    torch::autograd::set_history(t, node);
+  }
+  return out;
+}
+
 class GctFunction : public torch::autograd::Function<GctFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& alpha, const Tensor& gamma,
@@ -104,10 +144,12 @@ class GctFunction : public torch::autograd::Function<GctFunction> {
     static const auto op = library_op<GctBackwardSig>("gct_fused::gct_backward");
     const auto saved = ctx->get_saved_variables();
     const std::string mode = ctx->saved_data["mode"].toStringRef();
-    auto [dx, dalpha, dgamma, dbeta] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                               ctx->saved_data["epsilon"].toDouble(), mode,
-                                               ctx->saved_data["after_relu"].toBool());
-    return {dx, dalpha, dgamma, dbeta, Tensor(), Tensor(), Tensor()};
+    return first_order_only(grads, saved, [&]() -> variable_list {
+      auto [dx, dalpha, dgamma, dbeta] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4],
+                                                 ctx->saved_data["epsilon"].toDouble(), mode,
+                                                 ctx->saved_data["after_relu"].toBool());
+      return {dx, dalpha, dgamma, dbeta, Tensor(), Tensor(), Tensor()};
+    });
   }
 };
 
@@ -128,9 +170,11 @@ class SeFunction : public torch::autograd::Function<SeFunction> {
     const auto s = ctx->get_saved_variables();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::string gate = ctx->saved_data["gate"].toStringRef();
-    auto [dx, dw1, db1, dw2, db2] =
-        se_backward_op().call(grads[0], s[0], s[1], maybe(s[2]), s[3], maybe(s[4]), s[5], activation, gate);
-    return {dx, dw1, s[2].defined() ? db1 : Tensor(), dw2, s[4].defined() ? db2 : Tensor(), Tensor(), Tensor()};
+    return first_order_only(grads, s, [&]() -> variable_list {
+      auto [dx, dw1, db1, dw2, db2] =
+          se_backward_op().call(grads[0], s[0], s[1], maybe(s[2]), s[3], maybe(s[4]), s[5], activation, gate);
+      return {dx, dw1, s[2].defined() ? db1 : Tensor(), dw2, s[4].defined() ? db2 : Tensor(), Tensor(), Tensor()};
+    });
   }
 };
 
@@ -160,21 +204,35 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::string gate = ctx->saved_data["gate"].toStringRef();
     const Tensor& dy = grads[0];
-    Tensor dx, didentity, dw1, db1, dw2, db2;
-    if (ctx->saved_data["relu_after"].toBool()) {
-      std::tie(dx, didentity, dw1, db1, dw2, db2) =
-          residual_op.call(dy, s[0], s[1], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
-    } else {  // y = se(x) + identity: identity's gradient is dy itself
-      std::tie(dx, dw1, db1, dw2, db2) =
-          se_backward_op().call(dy, s[0], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
-      didentity = dy;
-    }
-    return {dx,  didentity, dw1, s[3].defined() ? db1 : Tensor(), dw2, s[5].defined() ? db2 : Tensor(),
-            Tensor(), Tensor(), Tensor()};
+    const bool relu_after = ctx->saved_data["relu_after"].toBool();
+    return first_order_only(grads, s, [&]() -> variable_list {
+      Tensor dx, didentity, dw1, db1, dw2, db2;
+      if (relu_after) {
+        std::tie(dx, didentity, dw1, db1, dw2, db2) =
+            residual_op.call(dy, s[0], s[1], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
+      } else {  // y = se(x) + identity: identity's gradient is dy itself
+        std::tie(dx, dw1, db1, dw2, db2) =
+            se_backward_op().call(dy, s[0], s[2], maybe(s[3]), s[4], maybe(s[5]), s[6], activation, gate);
+        didentity = dy;
+      }
+      return {dx,  didentity, dw1, s[3].defined() ? db1 : Tensor(), dw2, s[5].defined() ? db2 : Tensor(),
+              Tensor(), Tensor(), Tensor()};
+    });
   }
 };
 
 std::tuple<Tensor, Tensor> pair(const variable_list& v) { return {v[0], v[1]}; }
+
+// Forward-mode AD has no formula here: a dual-tensor input raises rather than having its
+// tangent silently dropped (Function::apply would reject it too, but the direct call
+// below, taken when nothing requires grad, would not).
+void check_no_tangents(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) {
+    TORCH_CHECK_NOT_IMPLEMENTED(!torch::autograd::isFwGradDefined(*t),
+                                "gct_fused: forward-mode AD (dual tensors, jvp) is not supported by the "
+                                "fused backends; call the op with backend=\"reference\" for it");
+  }
+}
 
 // No gradient will be asked for (grad mode off, or no input requires one): call the
 // kernel directly, without the graph node, saved tensors and output wrapping of
@@ -191,6 +249,7 @@ std::tuple<Tensor, Tensor> gct_forward_autograd(const Tensor& x, const Tensor& a
                                                 const Tensor& beta, double epsilon, c10::string_view mode,
                                                 bool after_relu) {
   check_defined({{&x, "x"}, {&alpha, "alpha"}, {&gamma, "gamma"}, {&beta, "beta"}});
+  check_no_tangents({&x, &alpha, &gamma, &beta});
   if (!needs_graph({&x, &alpha, &gamma, &beta})) {
     return call_below_autograd(gct_forward_op(), x, alpha, gamma, beta, epsilon, mode, after_relu);
   }
@@ -201,6 +260,7 @@ std::tuple<Tensor, Tensor> se_forward_autograd(const Tensor& x, const Tensor& w1
                                                const Tensor& w2, const std::optional<Tensor>& b2,
                                                c10::string_view activation, c10::string_view gate) {
   check_defined({{&x, "x"}, {&w1, "w1"}, {&w2, "w2"}});
+  check_no_tangents({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)});
   if (!needs_graph({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
     return call_below_autograd(se_forward_op(), x, w1, b1, w2, b2, activation, gate);
   }
@@ -213,6 +273,7 @@ std::tuple<Tensor, Tensor> se_residual_forward_autograd(const Tensor& x, const T
                                                         c10::string_view activation, c10::string_view gate,
                                                         c10::string_view activation_after) {
   check_defined({{&x, "x"}, {&identity, "identity"}, {&w1, "w1"}, {&w2, "w2"}});
+  check_no_tangents({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)});
   if (!needs_graph({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
     return call_below_autograd(se_residual_forward_op(), x, identity, w1, b1, w2, b2, activation, gate,
                                activation_after);

@@ -15,7 +15,54 @@ is itself a custom op, so torch.compile sees the backward as one opaque kernel t
 
 from __future__ import annotations
 
+import functools
+
 import torch
+
+# What a second derivative through a fused backward raises (the same text as
+# kNoDoubleBackward in csrc/autograd.cpp).
+NO_DOUBLE_BACKWARD = (
+    "gct_fused: the fused backward ops are not differentiable (no double backward, e.g. "
+    "for a gradient penalty or a Hessian-vector product); call the op with "
+    'backend="reference" where a second derivative is needed')
+
+
+class _NotDifferentiableAgain(torch.autograd.Function):
+    """The identity on the gradients a fused backward returned, whose own backward raises.
+    Its tensor inputs are what that backward read (dy, x, parameters), so any later
+    derivative towards them reaches this node instead of silently getting zero. (The C++
+    family's twin is first_order_only in csrc/autograd.cpp.)"""
+
+    @staticmethod
+    def forward(ctx, grads, *inputs):
+        return tuple(g.detach() for g in grads)  # aliases: dy itself may be among them
+
+    @staticmethod
+    def backward(ctx, *unused):
+        raise RuntimeError(NO_DOUBLE_BACKWARD)
+
+
+def _first_order_only(backward):
+    """Runs an autograd formula with grad mode off (the backward ops have no autograd:
+    recorded, they would only yield second derivatives that are silently zero) and, under
+    create_graph=True, routes its gradients through _NotDifferentiableAgain."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return out
+        inputs = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
+        if not inputs:
+            return out
+        out = list(out)
+        where = [i for i, g in enumerate(out) if isinstance(g, torch.Tensor)]
+        for i, g in zip(where, _NotDifferentiableAgain.apply([out[i] for i in where], *inputs)):
+            out[i] = g
+        return tuple(out)
+
+    return wrapper
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,6 +147,7 @@ def _register_autograd(lib: str, op) -> None:
         ctx.save_for_backward(x, alpha, gamma, beta, output[1])
         ctx.options = (epsilon, mode, after_relu)
 
+    @_first_order_only
     def gct_backward(ctx, dy, _dstats):
         x, alpha, gamma, beta, stats = ctx.saved_tensors
         dx, dalpha, dgamma, dbeta = op("gct_backward")(dy, x, alpha, gamma, beta, stats, *ctx.options)
@@ -113,6 +161,7 @@ def _register_autograd(lib: str, op) -> None:
         ctx.save_for_backward(x, w1, b1, w2, b2, output[1])
         ctx.options = (activation, gate)
 
+    @_first_order_only
     def se_backward(ctx, dy, _dpooled):
         x, w1, b1, w2, b2, pooled = ctx.saved_tensors
         dx, dw1, db1, dw2, db2 = op("se_backward")(dy, x, w1, b1, w2, b2, pooled, *ctx.options)
@@ -130,6 +179,7 @@ def _register_autograd(lib: str, op) -> None:
         ctx.options = (activation, gate)
         ctx.activation_after = activation_after
 
+    @_first_order_only
     def se_residual_backward(ctx, dy, _dpooled):
         x, y, w1, b1, w2, b2, pooled = ctx.saved_tensors
         if ctx.activation_after == "relu":

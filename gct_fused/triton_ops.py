@@ -17,6 +17,7 @@ import os
 from typing import Optional
 
 import torch
+from torch.autograd import forward_ad
 
 IMPORT_ERROR: Optional[str] = None
 
@@ -59,6 +60,18 @@ def _check_se_options(activation, gate, fn: str) -> None:
     _check_option(gate, ("sigmoid", "hardsigmoid"), "gate", fn)
 
 
+def _check_no_tangents(fn: str, *tensors) -> None:
+    """Forward-mode AD has no formula here: a dual-tensor input raises rather than having its
+    tangent silently dropped (as the C++ ops do, csrc/autograd.cpp)."""
+    if forward_ad._current_level < 0:  # no dual_level is open: no tensor can carry a tangent
+        return
+    for t in tensors:
+        if t is not None and forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(
+                f"{fn}: forward-mode AD (dual tensors, jvp) is not supported by the fused backends; "
+                'call the op with backend="reference" for it')
+
+
 def _check_stats(x: torch.Tensor, stats, name: str, fn: str) -> None:
     if not isinstance(stats, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(stats).__name__}")
@@ -82,6 +95,7 @@ if IMPORT_ERROR is None:
         """GCT forward: (y, s per (n, c)); see gct_fused.triton_kernels.gct."""
         _check_gct_options(mode)
         _validate.check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
+        _check_no_tangents("gct", x, alpha, gamma, beta)
         with _on_device(x, "gct"):
             return _gct.gct_forward(x, alpha, gamma, beta, epsilon, mode, after_relu)
 
@@ -107,6 +121,7 @@ if IMPORT_ERROR is None:
         """SE forward: (y, pooled mean per (n, c)); see gct_fused.triton_kernels.se."""
         _check_se_options(activation, gate, "squeeze_excite")
         _validate.check_se(x, w1, b1, w2, b2, activation, gate)
+        _check_no_tangents("squeeze_excite", x, w1, b1, w2, b2)
         with _on_device(x, "squeeze_excite"):
             return _se.se_forward(x, w1, b1, w2, b2, activation, gate)
 
@@ -134,6 +149,7 @@ if IMPORT_ERROR is None:
         _validate.check_se(x, w1, b1, w2, b2, activation, gate, fn="se_residual")
         _validate.check_same_map(x, identity, "identity", "se_residual")
         _check_option(activation_after, ("relu", "none"), "activation_after", "se_residual")
+        _check_no_tangents("se_residual", x, identity, w1, b1, w2, b2)
         with _on_device(x, "se_residual"):
             return _se.se_forward(x, w1, b1, w2, b2, activation, gate, identity=identity,
                                   activation_after=activation_after)
