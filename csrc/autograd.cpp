@@ -17,7 +17,10 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <tuple>
 
 namespace gct_fused {
@@ -97,6 +100,19 @@ constexpr const char* kNoDoubleBackward =
     "for a gradient penalty or a Hessian-vector product); call the op with "
     "backend=\"reference\" where a second derivative is needed";
 
+// A new autograd node, held as the graph holds nodes: std::shared_ptr up to some torch
+// release, c10::intrusive_ptr in torch 2.14 (the GPU machines' image may carry an older
+// torch than this project pins, and must still build this file).
+using NodePtr = decltype(torch::autograd::Edge::function);
+template <typename T, typename... Args>
+NodePtr make_node(Args&&... args) {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
+
 // Runs a Function's backward body with grad mode off (the backward ops have no autograd:
 // recorded, they would only yield second derivatives that are silently zero). When the
 // engine runs with create_graph=True and an input of the body requires grad, the
@@ -118,8 +134,8 @@ variable_list first_order_only(const variable_list& grads, const variable_list& 
     out = body();
   }
   if (!record) return out;
-  const c10::intrusive_ptr<torch::autograd::Node> node = c10::make_intrusive<torch::autograd::Error>(
-      kNoDoubleBackward, torch::autograd::collect_next_edges(grads, saved));
+  const auto node = make_node<torch::autograd::Error>(kNoDoubleBackward,
+                                                      torch::autograd::collect_next_edges(grads, saved));
   for (Tensor& t : out) {
     if (t.defined()) t = t.detach();  // an alias: dy itself may be returned (SE residual)
     torch::autograd::set_history(t, node);
