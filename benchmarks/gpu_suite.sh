@@ -23,7 +23,16 @@
 # (extra arguments for the benchmark, e.g. "--dtype bfloat16 --no-compile"),
 # SANITIZE_TOOLS (default "memcheck"; e.g. "memcheck racecheck synccheck"), and
 # per-phase limits in seconds: BUILD_TIMEOUT (300), TEST_TIMEOUT (420),
-# SANITIZE_TIMEOUT (240), BENCH_TIMEOUT (420).
+# SANITIZE_TIMEOUT (240), BENCH_TIMEOUT (420); SUITE_BUDGET (570): the seconds for all the
+# requested phases together, since one command on a lent GPU machine may run 600 s at most.
+# Each phase's limit is cut so that every later phase still gets its minimum (build 120,
+# test 120, sanitize 60, bench 120 s); TEST_WORKERS (8): pytest-xdist workers for the
+# test phase where pytest-xdist is installed (the Triton kernels compile in parallel).
+#
+# With a 15-minute lease (a machine takes a minute or two to start, and stays warm only
+# 30 s after a call, keeping the build), the plan is two calls back to back:
+#   bash benchmarks/gpu_suite.sh "$OUT" build test sanitize      (timeout_s 600)
+#   bash benchmarks/gpu_suite.sh "$OUT" bench                     (the machine still warm)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -121,6 +130,26 @@ EOF
   } >"$SUMMARY"
 }
 
+SUITE_BUDGET="${SUITE_BUDGET:-570}"
+SUITE_START=$(date +%s)
+declare -A MIN_SECONDS=([build]=120 [test]=120 [sanitize]=60 [bench]=120)
+
+# phase_limit PHASE OWN: OWN seconds, or less where the phases requested after PHASE
+# would otherwise not get their MIN_SECONDS out of what is left of SUITE_BUDGET (never
+# less than PHASE's own minimum).
+phase_limit() {
+  local phase="$1" own="$2" later=0 seen=0 p left cap
+  for p in "${PHASES[@]}"; do
+    (( seen )) && later=$(( later + MIN_SECONDS[$p] ))
+    [[ "$p" == "$phase" ]] && seen=1
+  done
+  left=$(( SUITE_BUDGET - ($(date +%s) - SUITE_START) ))
+  cap=$(( left - later ))
+  (( cap < MIN_SECONDS[$phase] )) && cap=${MIN_SECONDS[$phase]}
+  (( own < cap )) && cap=$own
+  echo "$cap"
+}
+
 # run_limited SECONDS LOGFILE CMD...: runs CMD with a time limit, appending to LOGFILE.
 run_limited() {
   local limit="$1" logfile="$2"
@@ -144,7 +173,8 @@ phase_build() {
   NOTE[build]="TORCH_CUDA_ARCH_LIST=$arch, CUDA_HOME=$CUDA_HOME"
   log "build: TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=16 GCT_FUSED_CUDA=1 setup.py build_ext --inplace"
   TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=16 GCT_FUSED_CUDA=1 \
-    run_limited "${BUILD_TIMEOUT:-300}" "$SUITE_LOG" "$PY" setup.py build_ext --inplace || return 1
+    run_limited "$(phase_limit build "${BUILD_TIMEOUT:-300}")" "$SUITE_LOG" "$PY" setup.py build_ext --inplace ||
+    return 1
   # The build must register a CUDA kernel for every op.
   run_limited 120 "$SUITE_LOG" "$PY" -c '
 import torch, gct_fused
@@ -158,10 +188,21 @@ phase_test() {
   : >"$TESTS_LOG"
   local rc=0
   echo "### python -m pytest tests -q" >>"$TESTS_LOG"
-  GCT_FUSED_CUDA=1 run_limited "${TEST_TIMEOUT:-420}" "$TESTS_LOG" "$PY" -m pytest tests -q -p no:cacheprovider || rc=1
+  local limit start workers=()
+  limit="$(phase_limit test "${TEST_TIMEOUT:-420}")"
+  start=$(date +%s)
+  if "$PY" -c "import xdist" 2>/dev/null; then workers=(-n "${TEST_WORKERS:-8}"); fi
+  # The main run leaves a minute of the phase's limit to the opt-in large tests.
+  GCT_FUSED_CUDA=1 run_limited "$(( limit > 120 ? limit - 60 : limit ))" "$TESTS_LOG" \
+    "$PY" -m pytest tests -q -p no:cacheprovider ${workers[@]+"${workers[@]}"} || rc=1
   NOTE[test]="$(grep -E '(passed|failed|error)' "$TESTS_LOG" | grep -E ' in [0-9.]+s' | tail -n1 | tr -d '=' | trim)"
+  if grep -q "gpu_suite: timed out" "$TESTS_LOG"; then
+    NOTE[test]="main run timed out (partial results in tests.log)${workers[*]:+, ${workers[*]}}"
+  fi
   echo "### python -m pytest tests/test_cuda.py -q -m large" >>"$TESTS_LOG"
-  GCT_FUSED_CUDA=1 run_limited 300 "$TESTS_LOG" "$PY" -m pytest tests/test_cuda.py -q -m large -p no:cacheprovider ||
+  local rest=$(( limit - ($(date +%s) - start) ))
+  GCT_FUSED_CUDA=1 run_limited "$(( rest > 30 ? rest : 30 ))" "$TESTS_LOG" \
+    "$PY" -m pytest tests/test_cuda.py -q -m large -p no:cacheprovider ||
     rc=1
   NOTE[test]="${NOTE[test]}; large: $(grep -E ' in [0-9.]+s' "$TESTS_LOG" | tail -n1 | tr -d '=' | trim)"
   return $rc
@@ -246,7 +287,7 @@ phase_sanitize() {
     start=$(wc -l <"$SUITE_LOG")
     # No caching allocator: every tensor is its own allocation, so overruns are caught.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-      run_limited "${SANITIZE_TIMEOUT:-240}" "$SUITE_LOG" \
+      run_limited "$(phase_limit sanitize "${SANITIZE_TIMEOUT:-240}")" "$SUITE_LOG" \
       "$sanitizer" --tool "$tool" --error-exitcode 1 --print-limit 50 "$PY" "$WORK/sanitize_ops.py" || rc=1
     local summary
     summary="$(tail -n +"$((start + 1))" "$SUITE_LOG" | grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' | tail -n1)"
@@ -260,7 +301,7 @@ phase_sanitize() {
 phase_bench() {
   log "bench: python -m gct_fused.bench --device cuda ${GCT_BENCH_ARGS:-}"
   # shellcheck disable=SC2086
-  run_limited "${BENCH_TIMEOUT:-420}" "$SUITE_LOG" "$PY" -m gct_fused.bench --device cuda \
+  run_limited "$(phase_limit bench "${BENCH_TIMEOUT:-420}")" "$SUITE_LOG" "$PY" -m gct_fused.bench --device cuda \
     --json "$OUTDIR/bench.json" --markdown "$OUTDIR/bench.md" --plot "$OUTDIR/bench.png" ${GCT_BENCH_ARGS:-}
 }
 
