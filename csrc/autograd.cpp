@@ -19,9 +19,9 @@
 
 #include <memory>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <utility>
-#include <tuple>
 
 namespace gct_fused {
 namespace {

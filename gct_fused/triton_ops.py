@@ -63,7 +63,9 @@ def _check_se_options(activation, gate, fn: str) -> None:
 def _check_no_tangents(fn: str, *tensors) -> None:
     """Forward-mode AD has no formula here: a dual-tensor input raises rather than having its
     tangent silently dropped (as the C++ ops do, csrc/autograd.cpp)."""
-    if forward_ad._current_level < 0:  # no dual_level is open: no tensor can carry a tangent
+    # No dual_level open: no tensor can carry a tangent. (A private attribute: where a torch
+    # release lacks it, every call checks its tensors.)
+    if getattr(forward_ad, "_current_level", 0) < 0:
         return
     for t in tensors:
         if t is not None and forward_ad.unpack_dual(t).tangent is not None:
