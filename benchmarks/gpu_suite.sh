@@ -19,8 +19,9 @@
 # OUTDIR receives at most 6 files: summary.md (device, versions, date, result per phase),
 # suite.log (build, sanitize and bench output), tests.log, bench.json, bench.md, bench.png.
 #
-# Environment: PYTHON (default .venv/bin/python if present, else python), GCT_BENCH_ARGS
-# (extra arguments for the benchmark, e.g. "--dtype bfloat16 --no-compile"),
+# Environment: PYTHON (default: the first of .venv/bin/python, python3, python that imports
+# torch), GCT_BENCH_ARGS (extra arguments for the benchmark, e.g. "--dtype bfloat16
+# --no-compile"),
 # SANITIZE_TOOLS (default "memcheck"; e.g. "memcheck racecheck synccheck"), and
 # per-phase limits in seconds: BUILD_TIMEOUT (300), TEST_TIMEOUT (420),
 # SANITIZE_TIMEOUT (240), BENCH_TIMEOUT (420); SUITE_BUDGET (570): the seconds for all the
@@ -58,10 +59,14 @@ mkdir -p "$OUTDIR"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 cd "$ROOT"
 
+# The first interpreter that has torch: on the lent GPU machines a plain python3 is the one
+# that holds PyTorch, and `python` may be another or missing.
 if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
-elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
-elif command -v python >/dev/null 2>&1; then PY=python
-else PY=python3
+else
+  PY=python3
+  for c in .venv/bin/python python3 python; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c "import torch" 2>/dev/null; then PY="$c"; break; fi
+  done
 fi
 
 SUITE_LOG="$OUTDIR/suite.log"
