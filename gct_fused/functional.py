@@ -34,6 +34,9 @@ def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     float64 x), so large float16 maps do not overflow as the published formula does.
     `backend` is one of "auto", "cuda", "triton", "cpu", "reference" (see
     gct_fused.available_backends). Returns a tensor of x's shape, dtype and memory format.
+
+    The fused backends are differentiable once (reverse mode): a second derivative through
+    their gradients, or a forward-mode dual tensor, raises; backend="reference" has both.
     """
     _validate.check_gct(x, alpha, gamma, beta, epsilon, mode, after_relu)
     name = _backend_for(backend, x.device)
@@ -53,7 +56,8 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor]
     y = x * gate(w2 @ act(w1 @ mean_spatial(x) + b1) + b2), with w1 (R, C), b1 (R,) or None,
     w2 (C, R), b2 (C,) or None, activation "relu" or "silu", gate "sigmoid" or
     "hardsigmoid". Weights may be float32 while x is float16/bfloat16; the pooled means and
-    the MLP run in float32 (float64 for a float64 x). See gct() for `backend`.
+    the MLP run in float32 (float64 for a float64 x). See gct() for `backend` and for
+    derivatives beyond the first.
     """
     _validate.check_se(x, w1, b1, w2, b2, activation, gate)
     name = _backend_for(backend, x.device)
@@ -71,7 +75,7 @@ def se_residual(x: torch.Tensor, identity: torch.Tensor, w1: torch.Tensor, b1: O
 
     identity must have x's shape and dtype; activation_after is "relu" (SE-ResNet) or
     "none". Eager PyTorch makes three full passes (scale, add, relu); this makes one.
-    Other arguments as in squeeze_excite().
+    Other arguments (and derivatives beyond the first) as in squeeze_excite().
     """
     _validate.check_se(x, w1, b1, w2, b2, activation, gate, fn="se_residual")
     _validate.check_same_map(x, identity, "identity", "se_residual")
