@@ -239,33 +239,27 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
 
 std::tuple<Tensor, Tensor> pair(const variable_list& v) { return {v[0], v[1]}; }
 
-// Forward-mode AD has no formula here: a dual-tensor input raises rather than having its
-// tangent silently dropped (Function::apply would reject it too, but the direct call
-// below, taken when nothing requires grad, would not).
-void check_no_tangents(std::initializer_list<const Tensor*> tensors) {
+// Whether a call of a forward op records a graph node: false when no gradient will be
+// asked for (grad mode off, or no input requires one), and the kernel is then called
+// directly, without the node, saved tensors and output wrapping of Function::apply (as
+// torch.library's Python autograd does too). Also where forward-mode AD is refused: it has
+// no formula here, and a dual-tensor input raises rather than having its tangent silently
+// dropped (Function::apply would reject it too, but the direct call would not).
+bool needs_graph(std::initializer_list<const Tensor*> tensors) {
+  bool requires_grad = false;
   for (const Tensor* t : tensors) {
     TORCH_CHECK_NOT_IMPLEMENTED(!torch::autograd::isFwGradDefined(*t),
                                 "gct_fused: forward-mode AD (dual tensors, jvp) is not supported by the "
                                 "fused backends; call the op with backend=\"reference\" for it");
+    requires_grad = requires_grad || (t->defined() && t->requires_grad());
   }
-}
-
-// No gradient will be asked for (grad mode off, or no input requires one): call the
-// kernel directly, without the graph node, saved tensors and output wrapping of
-// Function::apply (as torch.library's Python autograd does too).
-bool needs_graph(std::initializer_list<const Tensor*> tensors) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const Tensor* t : tensors) {
-    if (t->defined() && t->requires_grad()) return true;
-  }
-  return false;
+  return requires_grad && at::GradMode::is_enabled();
 }
 
 std::tuple<Tensor, Tensor> gct_forward_autograd(const Tensor& x, const Tensor& alpha, const Tensor& gamma,
                                                 const Tensor& beta, double epsilon, c10::string_view mode,
                                                 bool after_relu) {
   check_defined({{&x, "x"}, {&alpha, "alpha"}, {&gamma, "gamma"}, {&beta, "beta"}});
-  check_no_tangents({&x, &alpha, &gamma, &beta});
   if (!needs_graph({&x, &alpha, &gamma, &beta})) {
     return call_below_autograd(gct_forward_op(), x, alpha, gamma, beta, epsilon, mode, after_relu);
   }
@@ -276,7 +270,6 @@ std::tuple<Tensor, Tensor> se_forward_autograd(const Tensor& x, const Tensor& w1
                                                const Tensor& w2, const std::optional<Tensor>& b2,
                                                c10::string_view activation, c10::string_view gate) {
   check_defined({{&x, "x"}, {&w1, "w1"}, {&w2, "w2"}});
-  check_no_tangents({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)});
   if (!needs_graph({&x, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
     return call_below_autograd(se_forward_op(), x, w1, b1, w2, b2, activation, gate);
   }
@@ -289,7 +282,6 @@ std::tuple<Tensor, Tensor> se_residual_forward_autograd(const Tensor& x, const T
                                                         c10::string_view activation, c10::string_view gate,
                                                         c10::string_view activation_after) {
   check_defined({{&x, "x"}, {&identity, "identity"}, {&w1, "w1"}, {&w2, "w2"}});
-  check_no_tangents({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)});
   if (!needs_graph({&x, &identity, &w1, &value_or_undefined(b1), &w2, &value_or_undefined(b2)})) {
     return call_below_autograd(se_residual_forward_op(), x, identity, w1, b1, w2, b2, activation, gate,
                                activation_after);
