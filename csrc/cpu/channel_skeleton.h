@@ -461,16 +461,102 @@ __attribute__((always_inline)) inline void apply_step(const InPtrs& in, const Ou
   }
 }
 
-// Sum of map(in) over `len` contiguous elements: eight vector accumulators (enough
-// independent add chains to cover the add latency), the tail as a partial step, then a
+// (0, 1, 2, ...) as a vector, to compare lane numbers with a row boundary.
+template <typename T>
+inline Vectorized<T> lane_index() {
+  T iota[Vectorized<T>::size()];
+  for (int64_t j = 0; j < Vectorized<T>::size(); ++j) iota[j] = static_cast<T>(j);
+  return Vectorized<T>::loadu(iota);
+}
+
+// Rows no longer than this go through the short-row kernels below (flat or grouped).
+constexpr int64_t kShortRow = 256;
+
+// Where a vector ISA has cheap masked loads and stores (AVX-512), short dense rows go
+// through the flat kernels below (one range of aligned vectors, no per-row tails). AVX2 has
+// none: at::vec's partial loadu / store go through a stack buffer (a store-forwarding stall
+// each), and the flat kernels' single chain of dependent adds and per-vector row-boundary
+// blends left 7x7 and 14x14 maps at 5-6x a copy of data in cache (Zen 3, one thread);
+// there rows end with overlapping steps (RowTail), short rows grouped (grouped_rows). With
+// caches evicted, float32 8x2048x7x7 GCT forward went from 2.3-2.5x a copy to 1.8-2.0x,
+// 8x1024x14x14 from 1.9-2.2x to 1.65-1.8x, bfloat16 7x7 from 4.2x to 2.4x.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kFlatShortRows = true;  // rows up to kShortRow
+#else
+constexpr bool kFlatShortRows = false;
+#endif
+
+// How the row kernels end a row of `len` elements that is not a whole number of steps.
+// Partial: a masked step at `full`. Overlapping (rows of at least one step): a full step
+// ending at the row's end, at len - kStep, which re-covers lanes of the last whole step; the
+// reduce blends those lanes out of its map (`fresh` keeps the rest), the apply writes them
+// again with the same values (so its outputs must not alias its inputs). Built once per
+// tile: every row of a tile has the same length.
+template <typename scalar_t>
+struct RowTail {
+  using L = Lanes<scalar_t>;
+  using Vacc = typename L::Vacc;
+  int64_t len = 0;
+  int64_t full = 0;   // elements in whole steps
+  int64_t start = 0;  // offset of the tail step
+  int64_t count = 0;  // elements the tail step loads and stores (0: no tail)
+  bool overlap = false;
+  Vacc fresh[L::kParts];  // overlapping: per part, all-ones lanes where the tail is new
+
+  RowTail(int64_t row_len, bool overlapping) : len(row_len) {
+    using acc_t = typename L::acc_t;
+    full = len - len % L::kStep;
+    overlap = overlapping && full < len && len >= L::kStep;
+    start = overlap ? len - L::kStep : full;
+    count = overlap ? L::kStep : len - full;
+    const Vacc lanes = lane_index<acc_t>();
+    for (int p = 0; p < L::kParts; ++p) {
+      // lane j of part p is lane p * size + j of the step; new from lane kStep - (len - full)
+      fresh[p] = lanes >= Vacc(acc_t(L::kStep - (len - full) - p * Vacc::size()));
+    }
+  }
+};
+
+// acc[p] += map(in[0..NR)) over the tail step of a row starting at in (see RowTail).
+template <typename scalar_t, size_t NR, typename Map, typename Ptrs>
+__attribute__((always_inline)) inline void reduce_tail(const Ptrs& in, const RowTail<scalar_t>& tail, const Map& map,
+                                                       Vectorized<acc_type<scalar_t>>* acc) {
+  using L = Lanes<scalar_t>;
+  using Vacc = typename L::Vacc;
+  if (tail.overlap) {
+    const Vacc zero(acc_type<scalar_t>(0));
+    Vacc m[L::kParts];
+    for (auto& v : m) v = zero;
+    reduce_step<scalar_t, NR>(in, tail.start, map, m);  // m = map of the whole step
+    for (int p = 0; p < L::kParts; ++p) acc[p] = acc[p] + Vacc::blendv(zero, m[p], tail.fresh[p]);
+  } else if (tail.count > 0) {
+    reduce_step<scalar_t, NR>(in, tail.start, map, acc, tail.count);
+  }
+}
+
+// On the overlapping-tail ISAs, rows of fewer than this many steps go through the grouped
+// kernels (7x7 maps), longer ones one at a time, front to back: groups of 8 rows of 14x14
+// read 8 streams 784 bytes apart, which measured 2.5x a copy with caches evicted against
+// 1.7x one row at a time (Zen 3, 8x1024x14x14 float32 GCT forward).
+constexpr int64_t kGroupedRowSteps = 8;
+
+// Whether rows of `len` elements go through the grouped short-row kernels.
+template <typename scalar_t>
+constexpr bool grouped_rows(int64_t len) {
+  return kFlatShortRows ? len <= kShortRow : len < kGroupedRowSteps * Lanes<scalar_t>::kStep;
+}
+
+// Sum of map(in) over tail.len contiguous elements: eight vector accumulators (enough
+// independent add chains to cover the add latency), the tail step (see RowTail), then a
 // fixed-order horizontal sum.
 template <typename scalar_t, size_t NR, typename Map>
-acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR> in, int64_t len,
+acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR> in, const RowTail<scalar_t>& tail,
                                      const Map& map) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
   constexpr int kUnroll = 8;
+  const int64_t len = tail.len;
   // Blocked accumulation: each lane adds at most kBlockSteps terms before its block sum is
   // added to `acc`, so a long row of like values (a constant map) loses ~(kBlockSteps +
   // len / block) roundings instead of len / 32.
@@ -490,15 +576,13 @@ acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR> in, i
       for (int p = 0; p < L::kParts; ++p) acc[u][p] = acc[u][p] + block[u][p];
   }
   for (; i + L::kStep <= len; i += L::kStep) reduce_step<scalar_t, NR>(in, i, map, acc[0]);
-  if (i < len) reduce_step<scalar_t, NR>(in, i, map, acc[0], len - i);
+  reduce_tail<scalar_t, NR>(in, tail, map, acc[0]);
   Vacc total(acc_t(0));
   for (int u = 0; u < kUnroll; ++u)
     for (int p = 0; p < L::kParts; ++p) total = total + acc[u][p];
   return horizontal_sum(total);
 }
 
-// Rows no longer than this go through the grouped short-row kernels below.
-constexpr int64_t kShortRow = 256;
 // Rows reduced together: each row is one chain of dependent vector adds, and it takes
 // about eight chains in flight to cover the add latency (four left the loop
 // latency-bound on 14x14 rows).
@@ -521,14 +605,6 @@ struct RowCursor {
     return row_end - start;
   }
 };
-
-// (0, 1, 2, ...) as a vector, to compare lane numbers with a row boundary.
-template <typename T>
-inline Vectorized<T> lane_index() {
-  T iota[Vectorized<T>::size()];
-  for (int64_t j = 0; j < Vectorized<T>::size(); ++j) iota[j] = static_cast<T>(j);
-  return Vectorized<T>::loadu(iota);
-}
 
 // Sums of map(in) over `rows` whole rows of `len` elements that follow each other in
 // memory (a tile of a dense NCHW map), row q's sum to out[q * out_stride], walked as one
@@ -576,19 +652,19 @@ void reduce_flat_rows(const std::array<const scalar_t*, NR> in, int64_t rows, in
   out[cursor.row * out_stride] = horizontal_sum(acc);
 }
 
-// Sums of map(in) over G short rows of `len` elements, rows r .. r + G: row q of input k
+// Sums of map(in) over G short rows, rows r .. r + G, ending as `tail` says: row q of input k
 // starts at in[k] + q * row_stride[k] and its sum goes to out[q * out_stride]. Each row has
-// one vector accumulator (the tail a partial step), its lanes summed by horizontal_sum:
-// the same arithmetic for any G. Short rows (7x7 maps) spend most of their time in loop
-// set-up, the horizontal sum and the add chain of a single row; G independent rows per
-// loop overlap all three.
+// one vector accumulator, its lanes summed by horizontal_sum: the same arithmetic for any
+// G. Short rows (7x7 maps) spend most of their time in loop set-up, the horizontal sum and
+// the add chain of a single row; G independent rows per loop overlap all three.
 template <int G, typename scalar_t, size_t NR, typename Map>
 inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
-                             int64_t r, int64_t len, acc_type<scalar_t>* out, int64_t out_stride, const Map& map) {
+                             int64_t r, const RowTail<scalar_t>& tail, acc_type<scalar_t>* out, int64_t out_stride,
+                             const Map& map) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
-  const int64_t full = len - len % L::kStep;
+  const int64_t full = tail.full;
   std::array<const scalar_t*, NR> base[G];
   Vacc acc[G][L::kParts];
 #pragma GCC unroll 8
@@ -600,10 +676,8 @@ inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const st
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) reduce_step<scalar_t, NR>(base[g], i, map, acc[g]);
   }
-  if (full < len) {
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) reduce_step<scalar_t, NR>(base[g], full, map, acc[g], len - full);
-  }
+  for (int g = 0; g < G; ++g) reduce_tail<scalar_t, NR>(base[g], tail, map, acc[g]);
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) {
     Vacc total = acc[g][0];
@@ -612,16 +686,18 @@ inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const st
   }
 }
 
-// reduce_row_group over `rows` rows: kReduceRowGroup at a time, then one at a time.
+// reduce_row_group over `rows` rows of `len` elements: kReduceRowGroup at a time, then one
+// at a time; tails overlapping where kFlatShortRows is off (see RowTail).
 template <typename scalar_t, size_t NR, typename Map>
 void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
                        int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
                        const Map& map) {
+  const RowTail<scalar_t> tail(len, !kFlatShortRows);
   int64_t r = 0;
   for (; r + kReduceRowGroup <= rows; r += kReduceRowGroup) {
-    reduce_row_group<kReduceRowGroup>(in, row_stride, r, len, out, out_stride, map);
+    reduce_row_group<kReduceRowGroup>(in, row_stride, r, tail, out, out_stride, map);
   }
-  for (; r < rows; ++r) reduce_row_group<1>(in, row_stride, r, len, out, out_stride, map);
+  for (; r < rows; ++r) reduce_row_group<1>(in, row_stride, r, tail, out, out_stride, map);
 }
 
 // partial[c] = sum of map(in[c]) over `rows` C-rows of `len` channels (channels_last), row q
@@ -742,7 +818,8 @@ void reduce_c_rows(const std::array<const scalar_t*, NR> in, const std::array<in
 }
 
 // out[j][i] = apply(in[.][i], coef) for i in [i0, len) of contiguous rows: full steps, then
-// the tail as a partial step. With kCoefAlongRow the coefficients vary along the row
+// the tail as a partial step, or with `overlap_tail` (len >= kStep) as the full step ending
+// at len (see RowTail). With kCoefAlongRow the coefficients vary along the row
 // (coef[k][i], channels_last); otherwise they are one scalar per coefficient (coef[k][0],
 // NCHW rows). `streaming`: the full steps go out through streaming stores, which needs
 // out[j] + i0 to be vector-aligned.
@@ -751,7 +828,8 @@ __attribute__((always_inline)) inline void apply_span(const std::array<const sca
                                                       const std::array<scalar_t*, NOut>& out, int64_t i0,
                                                       int64_t len,
                                                       const std::array<const acc_type<scalar_t>*, NK>& coef,
-                                                      const Apply& apply, bool streaming) {
+                                                      const Apply& apply, bool streaming,
+                                                      bool overlap_tail = false) {
   using L = Lanes<scalar_t>;
   using Vacc = typename L::Vacc;
   Vacc fixed[NK > 0 ? NK : 1];
@@ -774,7 +852,12 @@ __attribute__((always_inline)) inline void apply_span(const std::array<const sca
   for (; i + L::kStep <= len; i += L::kStep) {
     apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, streaming);
   }
-  if (i < len) apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, false, len - i);
+  if (i < len && overlap_tail && len >= L::kStep) {
+    i = len - L::kStep;
+    apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, false);
+  } else if (i < len) {
+    apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, false, len - i);
+  }
 }
 
 // Elements to write one by one before every output is vector-aligned for streaming
@@ -792,16 +875,17 @@ inline int64_t streaming_peel(const std::array<scalar_t*, NOut>& out, int64_t le
 
 // out[j][i] = apply(in[.][i], coef) over `len` contiguous elements (see apply_span). With
 // `streaming`, full vectors go out through streaming stores once the outputs are
-// vector-aligned (elements before that point are written by a partial step).
+// vector-aligned (elements before that point are written by a partial step); without,
+// `overlap_tail` ends the row with an overlapping step.
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, bool kCoefAlongRow, typename Apply>
 void apply_contiguous(const std::array<const scalar_t*, NIn> in,
                       const std::array<scalar_t*, NOut> out, int64_t len,
                       const std::array<const acc_type<scalar_t>*, NK> coef, const Apply& apply,
-                      bool streaming) {
+                      bool streaming, bool overlap_tail = false) {
   const int64_t peel = streaming ? streaming_peel(out, len) : 0;
   if (peel > 0) apply_span<scalar_t, NIn, NOut, NK, kCoefAlongRow>(in, out, 0, peel, coef, apply, false);
   apply_span<scalar_t, NIn, NOut, NK, kCoefAlongRow>(in, out, std::max<int64_t>(peel, 0), len, coef, apply,
-                                                      streaming && peel >= 0);
+                                                      streaming && peel >= 0, overlap_tail && !streaming);
 }
 
 // apply_contiguous over `rows` C-rows of `len` channels (channels_last), row q of tensor k
@@ -866,18 +950,18 @@ void apply_flat_rows(const std::array<const scalar_t*, NIn> in, const std::array
   if (i < total) apply_step<scalar_t, NIn, NOut, NK>(in, out, i, cf, apply, false, total - i);
 }
 
-// out[j] = apply(in, coef) over G short rows of `len` elements, rows r .. r + G, with one
+// out[j] = apply(in, coef) over G short rows, rows r .. r + G, ending as `tail` says, with one
 // set of coefficients per row: row q of tensor k starts at in[k] + q * in_stride[k]
 // (outputs: out[j] + q * out_stride[j]) and uses coef[k][q]. G rows per loop, for the same
 // reason as reduce_row_group. Ordinary stores only (see apply_tile).
 template <int G, typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
 inline void apply_row_group(const std::array<const scalar_t*, NIn>& in, const std::array<int64_t, NIn>& in_stride,
                             const std::array<scalar_t*, NOut>& out, const std::array<int64_t, NOut>& out_stride,
-                            int64_t r, int64_t len, const std::array<const acc_type<scalar_t>*, NK>& coef,
-                            const Apply& apply) {
+                            int64_t r, const RowTail<scalar_t>& tail,
+                            const std::array<const acc_type<scalar_t>*, NK>& coef, const Apply& apply) {
   using L = Lanes<scalar_t>;
   using Vacc = typename L::Vacc;
-  const int64_t full = len - len % L::kStep;
+  const int64_t full = tail.full;
   std::array<const scalar_t*, NIn> src[G];
   std::array<scalar_t*, NOut> dst[G];
   Vacc fixed[G][NK > 0 ? NK : 1];
@@ -896,25 +980,28 @@ inline void apply_row_group(const std::array<const scalar_t*, NIn>& in, const st
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) apply_step<scalar_t, NIn, NOut, NK>(src[g], dst[g], i, row_coef(g), apply, false);
   }
-  if (full < len) {
+  if (tail.count > 0) {
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
-      apply_step<scalar_t, NIn, NOut, NK>(src[g], dst[g], full, row_coef(g), apply, false, len - full);
+      apply_step<scalar_t, NIn, NOut, NK>(src[g], dst[g], tail.start, row_coef(g), apply, false, tail.count);
     }
   }
 }
 
-// apply_row_group over `rows` rows: kApplyRowGroup at a time, then one at a time.
+// apply_row_group over `rows` rows of `len` elements: kApplyRowGroup at a time, then one at
+// a time. `overlap`: tails overlapping (see RowTail; the caller has checked that no output
+// aliases an input).
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
 void apply_short_rows(const std::array<const scalar_t*, NIn>& in, const std::array<int64_t, NIn>& in_stride,
                       const std::array<scalar_t*, NOut>& out, const std::array<int64_t, NOut>& out_stride,
                       int64_t rows, int64_t len, const std::array<const acc_type<scalar_t>*, NK>& coef,
-                      const Apply& apply) {
+                      const Apply& apply, bool overlap) {
+  const RowTail<scalar_t> tail(len, overlap);
   int64_t r = 0;
   for (; r + kApplyRowGroup <= rows; r += kApplyRowGroup) {
-    apply_row_group<kApplyRowGroup>(in, in_stride, out, out_stride, r, len, coef, apply);
+    apply_row_group<kApplyRowGroup>(in, in_stride, out, out_stride, r, tail, coef, apply);
   }
-  for (; r < rows; ++r) apply_row_group<1>(in, in_stride, out, out_stride, r, len, coef, apply);
+  for (; r < rows; ++r) apply_row_group<1>(in, in_stride, out, out_stride, r, tail, coef, apply);
 }
 
 // ---------------------------------------------------------------------------
@@ -959,6 +1046,7 @@ void reduce_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n
   const int64_t C = plan.c, T = plan.tiles_l;
   const Tile tile = tile_of(plan, rest);
   const int64_t lb = rest % plan.tiles_l;
+  const int64_t len = tile.l1 - tile.l0;
   if (plan.path == Path::kRowsAlongC) {
     std::array<const scalar_t*, NR> rows;
     std::array<int64_t, NR> strides;
@@ -966,26 +1054,26 @@ void reduce_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n
       rows[k] = row_ptr(in[k], n, 0, tile.l0);
       strides[k] = in[k].stride_l;
     }
-    reduce_c_rows<scalar_t, NR>(rows, strides, tile.l1 - tile.l0, C, partial + lb * C, map);
-  } else if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && flat_tile(plan, tile) &&
+    reduce_c_rows<scalar_t, NR>(rows, strides, len, C, partial + lb * C, map);
+  } else if (kFlatShortRows && plan.path == Path::kRowsAlongL && len <= kShortRow && flat_tile(plan, tile) &&
              dense_rows<scalar_t, NR>(plan, in)) {
     std::array<const scalar_t*, NR> rows;
     for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, tile.c0, 0);
     reduce_flat_rows<scalar_t, NR>(rows, tile.c1 - tile.c0, plan.l, partial + tile.c0 * T + lb, T, map);
-  } else if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow) {
+  } else if (plan.path == Path::kRowsAlongL && grouped_rows<scalar_t>(len)) {
     std::array<const scalar_t*, NR> rows;
     std::array<int64_t, NR> strides;
     for (size_t k = 0; k < NR; ++k) {
       rows[k] = row_ptr(in[k], n, tile.c0, tile.l0);
       strides[k] = in[k].stride_c;
     }
-    reduce_short_rows<scalar_t, NR>(rows, strides, tile.c1 - tile.c0, tile.l1 - tile.l0,
-                                    partial + tile.c0 * T + lb, T, map);
+    reduce_short_rows<scalar_t, NR>(rows, strides, tile.c1 - tile.c0, len, partial + tile.c0 * T + lb, T, map);
   } else if (plan.path == Path::kRowsAlongL) {
+    const RowTail<scalar_t> tail(len, !kFlatShortRows);
     for (int64_t c = tile.c0; c < tile.c1; ++c) {
       std::array<const scalar_t*, NR> rows;
       for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, c, tile.l0);
-      partial[c * T + lb] = reduce_contiguous<scalar_t, NR>(rows, tile.l1 - tile.l0, map);
+      partial[c * T + lb] = reduce_contiguous<scalar_t, NR>(rows, tail, map);
     }
   } else {
     // Sums of kGenericBlock terms added up in turn: the error of a long row of like
@@ -1042,6 +1130,17 @@ void combine_partials(const Plan& plan, const acc_t* partial, int64_t samples, a
   }
 }
 
+// Whether no output's data is an input's (an op writing in place): an overlapping tail
+// (RowTail) re-reads inputs that an aliasing output would already have overwritten.
+// Every op here allocates its outputs, so this holds; it is checked, not assumed.
+template <typename scalar_t, size_t NIn, size_t NOut>
+inline bool outputs_distinct(const InStreams<scalar_t, NIn>& in, const OutStreams<scalar_t, NOut>& out) {
+  for (const auto& o : out)
+    for (const auto& i : in)
+      if (static_cast<const void*>(o.data) == static_cast<const void*>(i.data)) return false;
+  return true;
+}
+
 // Stage 3 on one tile of sample n: out(n, c, l) = apply(in(n, c, l), coef[k][c]), `coef`
 // pointing at that sample's coefficients.
 template <typename scalar_t, size_t NIn, size_t NOut, size_t NK, typename Apply>
@@ -1067,8 +1166,13 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
                                           plan.stream_stores);
     return;
   }
-  if (plan.path == Path::kRowsAlongL && tile.l1 - tile.l0 <= kShortRow && flat_tile(plan, tile) &&
-      dense_rows<scalar_t, NIn>(plan, in, out)) {
+  const int64_t len = tile.l1 - tile.l0;
+  // Without cheap masked stores (!kFlatShortRows), rows end with overlapping steps, except
+  // in outputs large enough for streaming stores: short rows of those go through the flat
+  // kernel, whose vectors are aligned to the tile rather than to each row.
+  const bool overlap_tails = !kFlatShortRows && !plan.stream_stores && outputs_distinct(in, out);
+  if (plan.path == Path::kRowsAlongL && len <= kShortRow && (kFlatShortRows || plan.stream_stores) &&
+      flat_tile(plan, tile) && dense_rows<scalar_t, NIn>(plan, in, out)) {
     std::array<const scalar_t*, NIn> src;
     std::array<scalar_t*, NOut> dst;
     std::array<const acc_t*, NK> cf;
@@ -1078,7 +1182,7 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
     apply_flat_rows<scalar_t, NIn, NOut, NK>(src, dst, tile.c1 - tile.c0, plan.l, cf, apply, plan.stream_stores);
     return;
   }
-  if (plan.path == Path::kRowsAlongL && !plan.stream_stores && tile.l1 - tile.l0 <= kShortRow) {
+  if (plan.path == Path::kRowsAlongL && !plan.stream_stores && grouped_rows<scalar_t>(len)) {
     std::array<const scalar_t*, NIn> src;
     std::array<int64_t, NIn> src_stride;
     std::array<scalar_t*, NOut> dst;
@@ -1093,8 +1197,8 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
       dst_stride[j] = out[j].stride_c;
     }
     for (size_t k = 0; k < NK; ++k) cf[k] = coef[k] + tile.c0;
-    apply_short_rows<scalar_t, NIn, NOut, NK>(src, src_stride, dst, dst_stride, tile.c1 - tile.c0,
-                                              tile.l1 - tile.l0, cf, apply);
+    apply_short_rows<scalar_t, NIn, NOut, NK>(src, src_stride, dst, dst_stride, tile.c1 - tile.c0, len, cf, apply,
+                                              overlap_tails);
     return;
   }
   for (int64_t c = tile.c0; c < tile.c1; ++c) {
@@ -1105,8 +1209,8 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
       std::array<scalar_t*, NOut> dst;
       for (size_t k = 0; k < NIn; ++k) src[k] = row_ptr(in[k], n, c, tile.l0);
       for (size_t j = 0; j < NOut; ++j) dst[j] = row_ptr(out[j], n, c, tile.l0);
-      apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, tile.l1 - tile.l0, cf, apply,
-                                                        plan.stream_stores);
+      apply_contiguous<scalar_t, NIn, NOut, NK, false>(src, dst, len, cf, apply, plan.stream_stores,
+                                                        overlap_tails);
       continue;
     }
     acc_t fixed[NK > 0 ? NK : 1];
