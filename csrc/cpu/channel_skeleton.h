@@ -1130,9 +1130,10 @@ void combine_partials(const Plan& plan, const acc_t* partial, int64_t samples, a
   }
 }
 
-// Whether no output's data is an input's (an op writing in place): an overlapping tail
-// (RowTail) re-reads inputs that an aliasing output would already have overwritten.
-// Every op here allocates its outputs, so this holds; it is checked, not assumed.
+// Whether no output's data pointer is an input's (an op writing in place): an overlapping
+// tail (RowTail) re-reads inputs that an aliasing output would already have overwritten.
+// Every op here allocates its outputs, so no output overlaps an input at all; this guards
+// only the in-place case (the same pointer), not partial overlaps, which no op can produce.
 template <typename scalar_t, size_t NIn, size_t NOut>
 inline bool outputs_distinct(const InStreams<scalar_t, NIn>& in, const OutStreams<scalar_t, NOut>& out) {
   for (const auto& o : out)
