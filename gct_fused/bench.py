@@ -227,10 +227,18 @@ class CacheFlush:
     It reads (never writes) a buffer of four times the last-level cache (after a read of
     twice its size, a 4 MB tensor still read 1.5x faster than after 256 MB, on the AMD
     machines we use), so the evicted lines are clean and no write-back of the flush itself
-    falls into the timed call."""
+    falls into the timed call.
+
+    The read is capped at 512 MB: in a VM, sysfs may report the host's whole L3 (480 MB on
+    an Intel Xeon VM with 2 vCPUs), of which this process keeps far less. There, tensors of
+    3.2 and 25.7 MB read back from DRAM as slowly after a 256 MB read as after 1920 MB
+    (within 10%), but a 1920 MB read costs 74 ms before every call and left 3 repetitions
+    per case."""
+
+    MAX_BYTES = 512 * 2**20
 
     def __init__(self, enabled: bool):
-        self.bytes = max(4 * _last_level_cache_bytes(), 128 * 2**20) if enabled else 0
+        self.bytes = min(max(4 * _last_level_cache_bytes(), 128 * 2**20), self.MAX_BYTES) if enabled else 0
         self._buffer = torch.ones(self.bytes // 4, dtype=torch.float32) if enabled else None
 
     def __call__(self) -> None:
@@ -510,6 +518,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warm", action="store_true",
                         help="CPU: keep the caches warm between repetitions (default: evict them before each call)")
     parser.add_argument("--min-time", type=float, default=None, help="CPU: seconds per case (default 1.0, quick 0.05)")
+    parser.add_argument("--min-reps", type=int, default=None,
+                        help="CPU: repetitions per provider at least (default 10, quick 3)")
     parser.add_argument("--json", dest="json_path", help="write the rows and metadata as JSON here")
     parser.add_argument("--markdown", dest="markdown_path", help="write a markdown table here")
     parser.add_argument("--plot", dest="plot_path", help="draw speedups to this PNG")
@@ -537,6 +547,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"backend(s) {missing} cannot run on {device}; available: {available}")
     compile_ = not (args.no_compile or args.quick)
     min_time = args.min_time if args.min_time is not None else (0.05 if args.quick else 1.0)
+    min_reps = args.min_reps if args.min_reps is not None else (3 if args.quick else 10)
+    if min_reps < 1:
+        parser.error(f"--min-reps must be at least 1, got {min_reps}")
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     if compile_ and device.type == "cpu":
         # Inductor compiles in a pool of worker processes by default; on a machine with few
@@ -562,12 +575,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             task = progress.add_task("benchmarking", total=len(work))
             for c, layout, dt, mode in work:
                 progress.update(task, description=f"{c.op} {c.name} {layout} {dt} {mode}")
-                rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3, flush)
+                rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, min_reps, flush)
                 progress.advance(task)
     else:
         for i, (c, layout, dt, mode) in enumerate(work):
             print(f"[{i + 1}/{len(work)}] {c.op} {c.name} {layout} {dt} {mode}", file=sys.stderr)
-            rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, 3, flush)
+            rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, min_reps, flush)
 
     _print_table(meta, rows)
     if args.json_path:

@@ -23,8 +23,8 @@ def _bench(*args, timeout=600):
 
 def test_quick_run_writes_json_markdown_and_plot(tmp_path):
     paths = {k: tmp_path / f"bench.{k}" for k in ("json", "md", "png")}
-    proc = _bench("--quick", "--device", "cpu", "--json", str(paths["json"]), "--markdown", str(paths["md"]),
-                  "--plot", str(paths["png"]))
+    proc = _bench("--quick", "--device", "cpu", "--min-reps", "4", "--json", str(paths["json"]),
+                  "--markdown", str(paths["md"]), "--plot", str(paths["png"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(paths["json"].read_text())
     meta, rows = data["metadata"], data["rows"]
@@ -41,6 +41,7 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
     for r in rows:
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"], r
         assert r["gbps"] > 0 and r["x_copy"] > 0, r
+        assert r["reps"] >= 4, r  # --min-reps, every provider timed as often
         if r["provider"] == "copy":
             assert r["x_copy"] == pytest.approx(1.0)
         if r["provider"] == "cpu":
@@ -55,3 +56,18 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
 def test_backend_that_cannot_run_is_an_error():
     proc = _bench("--quick", "--device", "cpu", "--backend", "cuda")
     assert proc.returncode == 2 and "cannot run on cpu" in proc.stderr
+
+
+def test_min_reps_below_one_is_an_error():
+    proc = _bench("--quick", "--device", "cpu", "--min-reps", "0")
+    assert proc.returncode == 2 and "--min-reps must be at least 1, got 0" in proc.stderr
+
+
+def test_cache_flush_reads_four_llcs_within_bounds(monkeypatch):
+    from gct_fused import bench
+    for llc_mb, expected_mb in ((16, 128), (32, 128), (64, 256), (480, 512)):
+        monkeypatch.setattr(bench, "_last_level_cache_bytes", lambda mb=llc_mb: mb * 2**20)
+        assert bench.CacheFlush(False).bytes == 0
+        flush = bench.CacheFlush(True)
+        assert flush.bytes == expected_mb * 2**20, llc_mb
+        flush()  # reads the buffer, returns nothing
