@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -45,18 +46,43 @@ std::vector<acc_t> to_acc_vector(const at::Tensor& p) {
   return out;
 }
 
+// dst[i] = src[i] for i < n, rounded once to out_t (to nearest even, as Tensor::to rounds):
+// parameter gradients are summed in acc_t and stored in the parameter's dtype.
+template <typename out_t, typename acc_t>
+void convert_from_acc(const acc_t* src, out_t* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<out_t, acc_t>) {
+    std::copy(src, src + n, dst);
+    return;
+  } else if constexpr (std::is_same_v<acc_t, float> &&
+                       (std::is_same_v<out_t, at::BFloat16> || std::is_same_v<out_t, at::Half>)) {
+    using V = at::vec::Vectorized<out_t>;
+    using Vacc = at::vec::Vectorized<float>;
+    for (; i + V::size() <= n; i += V::size()) {
+      at::vec::convert_from_float<out_t>(Vacc::loadu(src + i), Vacc::loadu(src + i + Vacc::size())).store(dst + i);
+    }
+  }
+  for (; i < n; ++i) dst[i] = static_cast<out_t>(src[i]);
+}
+
 // sum over n of per_sample[n * width + j], in the order n = 0, 1, ... (bitwise
-// reproducible), returned as a tensor shaped and typed like `like`.
+// reproducible), returned as a new tensor of like's shape and dtype. Written in place:
+// a zeros / to / reshape chain of tensor ops cost tens of microseconds per parameter with
+// the caches cold, as much as the sums of a small map.
 template <typename acc_t>
 at::Tensor sum_over_samples(const std::vector<acc_t>& per_sample, int64_t samples, int64_t width,
                             const at::Tensor& like) {
-  at::Tensor out = at::zeros({width}, like.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* dst = out.data_ptr<acc_t>();
+  at::Tensor out = at::empty(like.sizes(), like.options());
+  TORCH_INTERNAL_ASSERT(out.numel() == width, "sum_over_samples: like has ", out.numel(), " elements, not ", width);
+  std::vector<acc_t> sums(static_cast<size_t>(width), acc_t(0));
   for (int64_t n = 0; n < samples; ++n) {
     const acc_t* src = per_sample.data() + n * width;
-    for (int64_t j = 0; j < width; ++j) dst[j] += src[j];
+    for (int64_t j = 0; j < width; ++j) sums[j] += src[j];
   }
-  return out.to(like.scalar_type()).reshape(like.sizes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sum_over_samples", [&] {
+    convert_from_acc(sums.data(), out.data_ptr<scalar_t>(), width);
+  });
+  return out;
 }
 
 }  // namespace gct_fused::cpu

@@ -17,22 +17,64 @@ namespace {
 // Rows of MLP work per thread task: each row is a dot product over `width` values.
 inline int64_t mlp_grain(int64_t width) { return std::max<int64_t>(1, kGrainElems / std::max<int64_t>(width, 1)); }
 
-// A weight matrix as a contiguous acc_t array: the tensor's own storage when it already
-// is one (float32 weights of a float32 call: no copy of what can be megabytes per
-// call), else a converted copy.
-template <typename acc_t>
-struct AccMatrix {
-  std::vector<acc_t> owned;
-  const acc_t* data = nullptr;
-  explicit AccMatrix(const at::Tensor& w) {
-    if (w.scalar_type() == c10::CppTypeToScalarType<acc_t>::value && w.is_contiguous()) {
-      data = w.const_data_ptr<acc_t>();
-    } else {
-      owned = to_acc_vector<acc_t>(w);
-      data = owned.data();
+// A weight matrix as a contiguous row-major array of its own element type w_t: the
+// tensor's storage itself (a parameter is contiguous unless it is a view), never a
+// converted copy. Half-precision weights are widened to acc_t as the MLP loads them
+// (load_widened): converting 2 x 2048 x 128 bfloat16 weights to a float32 copy on every
+// call cost more than the rest of the SE forward at 8x2048x7x7 (cold: 1.08 ms against
+// 0.71 ms with float32 weights of the same values).
+template <typename w_t>
+struct WeightMatrix {
+  at::Tensor storage;
+  const w_t* data = nullptr;
+  explicit WeightMatrix(const at::Tensor& w)
+      : storage(w.is_contiguous() ? w : w.contiguous()), data(storage.const_data_ptr<w_t>()) {}
+};
+
+// Vectorized<acc_t>::size() weights from p, widened to acc_t (exactly: every bfloat16 and
+// float16 value is a float32 value), so the products and sums are those of a float32 copy.
+template <typename acc_t, typename w_t>
+inline Vectorized<acc_t> load_widened(const w_t* p) {
+  if constexpr (std::is_same_v<w_t, acc_t>) {
+    return Vectorized<acc_t>::loadu(p);
+  } else {
+    static_assert(std::is_same_v<acc_t, float>, "half-precision weights widen to float");
+    Vectorized<float> out;
+    if constexpr (std::is_same_v<w_t, at::BFloat16>) at::vec::load_fp32_from_bf16(p, out);
+    else at::vec::load_fp32_from_fp16(p, out);
+    return out;
+  }
+}
+
+// The first `count` of them (count <= Vectorized<acc_t>::size()), the other lanes zero.
+template <typename acc_t, typename w_t>
+inline Vectorized<acc_t> load_widened(const w_t* p, int64_t count) {
+  if constexpr (std::is_same_v<w_t, acc_t>) {
+    return Vectorized<acc_t>::loadu(p, count);
+  } else {
+    return std::get<0>(at::vec::convert_to_float<w_t>(Vectorized<w_t>::loadu(p, count)));
+  }
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<w_t>{}) with w_t the element type of the SE weights w: x's own
+// half-precision type, or acc_t (float32 weights of a half map, or a float32/float64 map's
+// weights, which check_se_args requires to be of x's dtype).
+template <typename scalar_t, typename F>
+void with_weight_type(const at::Tensor& w, const F& f) {
+  using acc_t = acc_type<scalar_t>;
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    if (w.scalar_type() == c10::CppTypeToScalarType<scalar_t>::value) {
+      f(TypeTag<scalar_t>{});
+      return;
     }
   }
-};
+  f(TypeTag<acc_t>{});
+}
 
 // Samples whose dot products with one weight row are computed together.
 constexpr int64_t kMlpSamples = 8;
@@ -42,10 +84,10 @@ constexpr int64_t kMlpSamples = 8;
 // element is one dot product in a fixed order (one vector accumulator along the row,
 // a fixed lane tree, then the tail), whichever thread computes it and whichever
 // samples it is computed with; each weight row is loaded once per kMlpSamples samples.
-template <typename acc_t>
+template <typename acc_t, typename w_t = acc_t>
 struct SeMlp {
   int64_t channels = 0, hidden = 0;
-  AccMatrix<acc_t> w1m, w2m;
+  WeightMatrix<w_t> w1m, w2m;
   std::vector<acc_t> b1, b2;
   Activation act;
   Gate gate;
@@ -69,13 +111,13 @@ struct SeMlp {
   // weights (1 MB per matrix at C = 2048) come from DRAM, and the hardware prefetchers
   // alone left the walk waiting on them (8x2048x7x7 forward, cold: 0.60 -> 0.55 ms).
   // Prefetches past the end of the matrix are harmless: a prefetch never faults.
-  static constexpr int64_t kPrefetchAhead = 256;
+  static constexpr int64_t kPrefetchAhead = 1024 / int64_t(sizeof(w_t));
 
   // out[n * rows + j] for j in [j0, j0 + R) and n in [n0, n0 + S): bias[j] + mat[j, :] .
   // in[n, :], the vector part in one accumulator per (row, sample), then a fixed lane tree
   // (horizontal_sum), then the tail in order.
   template <int R, int S>
-  static void dot_block(const acc_t* mat, const acc_t* bias, int64_t rows, int64_t width, const acc_t* in,
+  static void dot_block(const w_t* mat, const acc_t* bias, int64_t rows, int64_t width, const acc_t* in,
                         int64_t n0, int64_t j0, acc_t* out) {
     using V = Vectorized<acc_t>;
     constexpr int64_t kW = V::size();
@@ -90,7 +132,7 @@ struct SeMlp {
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         __builtin_prefetch(mat + (j0 + r) * width + i + kPrefetchAhead);
-        w[r] = V::loadu(mat + (j0 + r) * width + i);
+        w[r] = load_widened<acc_t>(mat + (j0 + r) * width + i);
       }
 #pragma GCC unroll 16
       for (int s = 0; s < S; ++s) {
@@ -101,7 +143,7 @@ struct SeMlp {
     }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const acc_t* row = mat + (j0 + r) * width;
+      const w_t* row = mat + (j0 + r) * width;
       acc_t sums[S];
       if constexpr (S == 8) horizontal_sums8(acc[r], sums);
       else for (int s = 0; s < S; ++s) sums[s] = horizontal_sum(acc[r][s]);
@@ -109,7 +151,7 @@ struct SeMlp {
       for (int s = 0; s < S; ++s) {
         const acc_t* x = in + (n0 + s) * width;
         acc_t sum = sums[s];
-        for (int64_t i = full; i < width; ++i) sum += row[i] * x[i];
+        for (int64_t i = full; i < width; ++i) sum += static_cast<acc_t>(row[i]) * x[i];
         out[(n0 + s) * rows + j0 + r] = (bias == nullptr ? acc_t(0) : bias[j0 + r]) + sum;
       }
     }
@@ -117,7 +159,7 @@ struct SeMlp {
 
   // Rows [j0, j0 + R) of all nb samples: blocks of kMlpSamples, then one at a time.
   template <int R>
-  static void dot_rows(const acc_t* mat, const acc_t* bias, int64_t rows, int64_t width, const acc_t* in,
+  static void dot_rows(const w_t* mat, const acc_t* bias, int64_t rows, int64_t width, const acc_t* in,
                        int64_t nb, int64_t j0, acc_t* out) {
     int64_t n = 0;
     for (; n + kMlpSamples <= nb; n += kMlpSamples) dot_block<R, kMlpSamples>(mat, bias, rows, width, in, n, j0, out);
@@ -125,7 +167,7 @@ struct SeMlp {
   }
 
   // out[n * rows + j] = bias[j] + mat[j, :] . in[n, :] for nb samples; mat is (rows, width).
-  static void batched_matvec(const acc_t* mat, const acc_t* bias, int64_t rows, int64_t width,
+  static void batched_matvec(const w_t* mat, const acc_t* bias, int64_t rows, int64_t width,
                              const acc_t* in, int64_t nb, acc_t* out) {
     at::parallel_for(0, rows, mlp_grain(nb * width), [&](int64_t begin, int64_t end) {
       int64_t j = begin;
@@ -149,7 +191,7 @@ struct SeMlp {
   // odd sample at the end of a chunk run here too, not through scalar fma chains (which
   // were most of the SE backward at 1024 x 14 x 14).
   template <int S, bool kFull>
-  static void vecmat_block(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t n0,
+  static void vecmat_block(const w_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t n0,
                            int64_t j0, int64_t width, acc_t* out) {
     using V = Vectorized<acc_t>;
     constexpr int64_t kW = V::size();
@@ -162,10 +204,12 @@ struct SeMlp {
 #pragma GCC unroll 8
       for (int v = 0; v < kVecs; ++v) acc[s][v] = V(acc_t(0));
     for (int64_t k = 0; k < depth; ++k) {
-      const acc_t* w = mat + k * cols + j0;
+      const w_t* w = mat + k * cols + j0;
       V wv[kVecs];
 #pragma GCC unroll 8
-      for (int v = 0; v < kVecs; ++v) wv[v] = kFull ? V::loadu(w + v * kW) : V::loadu(w + v * kW, lanes[v]);
+      for (int v = 0; v < kVecs; ++v) {
+        wv[v] = kFull ? load_widened<acc_t>(w + v * kW) : load_widened<acc_t>(w + v * kW, lanes[v]);
+      }
 #pragma GCC unroll 8
       for (int s = 0; s < S; ++s) {
         const V xs(in[(n0 + s) * depth + k]);
@@ -183,7 +227,7 @@ struct SeMlp {
       }
   }
 
-  static void batched_vecmat(const acc_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t nb,
+  static void batched_vecmat(const w_t* mat, int64_t depth, int64_t cols, const acc_t* in, int64_t nb,
                              acc_t* out) {
     constexpr int64_t kBlock = kVecmatVecs * Vectorized<acc_t>::size();
     constexpr int64_t kSamples = kVecmatSamples;
@@ -212,8 +256,11 @@ struct SeMlp {
   // Blocks of kVecs vectors along j keep their sums in registers across n instead of
   // adding every sample into memory; a partial block at the end of a row (R = 64 columns of
   // dW2 against a block of 128) loads its missing lanes as zeros and does not store them.
+  // Stored in out_t: a half-precision weight's gradient is rounded once from the acc_t sums
+  // here, instead of in a second pass over an acc_t matrix (a megabyte at C = 2048).
+  template <typename out_t>
   static void sum_of_outer_products(const acc_t* a, const acc_t* b, int64_t nb, int64_t rows, int64_t cols,
-                                    acc_t* out) {
+                                    out_t* out) {
     using V = Vectorized<acc_t>;
     constexpr int64_t kW = V::size();
     constexpr int kVecs = 8;
@@ -222,7 +269,7 @@ struct SeMlp {
     at::parallel_for(0, rows * blocks, mlp_grain(nb * kBlock), [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i = task / blocks, j0 = (task % blocks) * kBlock, width = std::min(cols, j0 + kBlock) - j0;
-        acc_t* dst = out + i * cols + j0;
+        out_t* dst = out + i * cols + j0;
         auto block = [&](auto full) {
           constexpr bool kFull = decltype(full)::value;
           int64_t lanes[kVecs];
@@ -238,10 +285,17 @@ struct SeMlp {
               acc[v] = acc[v] + an * (kFull ? V::loadu(bn + v * kW) : V::loadu(bn + v * kW, lanes[v]));
             }
           }
+          if constexpr (std::is_same_v<out_t, acc_t>) {
 #pragma GCC unroll 8
-          for (int v = 0; v < kVecs; ++v) {
-            if (kFull) acc[v].store(dst + v * kW);
-            else acc[v].store(dst + v * kW, lanes[v]);
+            for (int v = 0; v < kVecs; ++v) {
+              if (kFull) acc[v].store(dst + v * kW);
+              else acc[v].store(dst + v * kW, lanes[v]);
+            }
+          } else {
+            acc_t sums[kBlock];
+#pragma GCC unroll 8
+            for (int v = 0; v < kVecs; ++v) acc[v].store(sums + v * kW);
+            convert_from_acc(sums, dst, width);
           }
         };
         if (width == kBlock) block(std::true_type{});
@@ -285,7 +339,8 @@ struct SeMlp {
 template <typename acc_t>
 struct SeScratch {
   std::vector<acc_t> u, h, o, d_p;
-  SeScratch(const SeMlp<acc_t>& mlp, int64_t nb)
+  template <typename Mlp>
+  SeScratch(const Mlp& mlp, int64_t nb)
       : u(nb * mlp.hidden), h(nb * mlp.hidden), o(nb * mlp.channels), d_p(nb * mlp.channels) {}
 };
 
@@ -330,28 +385,31 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
   if (pooled.numel() == 0) return {y, pooled};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
-    std::vector<ChannelView> views{ChannelView::of(x)};
-    if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
-    views.push_back(ChannelView::of(y));
-    const int64_t weight_bytes = 2 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
-    const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
-                                x.numel() * int64_t(sizeof(scalar_t)));
-    InStreams<scalar_t, NIn> in;
-    in[0] = make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0);
-    if constexpr (NIn == 2) in[1] = make_stream(identity->const_data_ptr<scalar_t>(), views[1], plan, 1);
-    const OutStreams<scalar_t, 1> out{make_stream(y.data_ptr<scalar_t>(), views[NIn], plan, NIn)};
-    const int64_t C = plan.c;
-    const acc_t inv_l = plan.l > 0 ? acc_t(1) / static_cast<acc_t>(plan.l) : acc_t(0);
+    with_weight_type<scalar_t>(w1, [&](auto weight_type) {
+      using acc_t = acc_type<scalar_t>;
+      using w_t = typename decltype(weight_type)::type;
+      const SeMlp<acc_t, w_t> mlp(w1, b1, w2, b2, act, gate);
+      std::vector<ChannelView> views{ChannelView::of(x)};
+      if constexpr (NIn == 2) views.push_back(ChannelView::of(*identity));
+      views.push_back(ChannelView::of(y));
+      const int64_t weight_bytes = 2 * mlp.channels * mlp.hidden * int64_t(sizeof(w_t));
+      const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
+                                  x.numel() * int64_t(sizeof(scalar_t)));
+      InStreams<scalar_t, NIn> in;
+      in[0] = make_stream(x.const_data_ptr<scalar_t>(), views[0], plan, 0);
+      if constexpr (NIn == 2) in[1] = make_stream(identity->const_data_ptr<scalar_t>(), views[1], plan, 1);
+      const OutStreams<scalar_t, 1> out{make_stream(y.data_ptr<scalar_t>(), views[NIn], plan, NIn)};
+      const int64_t C = plan.c;
+      const acc_t inv_l = plan.l > 0 ? acc_t(1) / static_cast<acc_t>(plan.l) : acc_t(0);
 
-    auto head = [&](int64_t n0, int64_t n1, acc_t* sums, std::array<acc_t*, 1>& coef) {
-      const int64_t nb = n1 - n0;
-      for (int64_t i = 0; i < nb * C; ++i) sums[i] *= inv_l;  // sum -> mean, the saved statistic
-      SeScratch<acc_t> t(mlp, nb);
-      mlp.forward(sums, nb, t.u.data(), t.h.data(), t.o.data(), coef[0]);
-    };
-    reduce_head_apply<scalar_t, 1, 1>(plan, in, out, pooled.data_ptr<acc_t>(), IdentityMap{}, head, apply);
+      auto head = [&](int64_t n0, int64_t n1, acc_t* sums, std::array<acc_t*, 1>& coef) {
+        const int64_t nb = n1 - n0;
+        for (int64_t i = 0; i < nb * C; ++i) sums[i] *= inv_l;  // sum -> mean, the saved statistic
+        SeScratch<acc_t> t(mlp, nb);
+        mlp.forward(sums, nb, t.u.data(), t.h.data(), t.o.data(), coef[0]);
+      };
+      reduce_head_apply<scalar_t, 1, 1>(plan, in, out, pooled.data_ptr<acc_t>(), IdentityMap{}, head, apply);
+    });
   });
   return {y, pooled};
 }
@@ -370,58 +428,61 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
   at::Tensor dw1, db1, dw2, db2;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
-    using acc_t = acc_type<scalar_t>;
-    const SeMlp<acc_t> mlp(w1, b1, w2, b2, act, gate);
-    const at::Tensor p_all = pooled.contiguous();  // (N, C), tiny
-    const acc_t* p_data = p_all.const_data_ptr<acc_t>();
-    // Per-sample pieces of the weight gradients, reduced over n in order below.
-    std::vector<acc_t> d_o(static_cast<size_t>(N * C)), d_u(static_cast<size_t>(N * R)),
-        h_all(static_cast<size_t>(N * R)), grads(static_cast<size_t>(N * C));
+    with_weight_type<scalar_t>(w1, [&](auto weight_type) {
+      using acc_t = acc_type<scalar_t>;
+      using w_t = typename decltype(weight_type)::type;
+      const SeMlp<acc_t, w_t> mlp(w1, b1, w2, b2, act, gate);
+      const at::Tensor p_all = pooled.contiguous();  // (N, C), tiny
+      const acc_t* p_data = p_all.const_data_ptr<acc_t>();
+      // Per-sample pieces of the weight gradients, reduced over n in order below.
+      std::vector<acc_t> d_o(static_cast<size_t>(N * C)), d_u(static_cast<size_t>(N * R)),
+          h_all(static_cast<size_t>(N * R)), grads(static_cast<size_t>(N * C));
 
-    if (x.numel() > 0) {
-      std::vector<ChannelView> views;
-      for (const at::Tensor* t : inputs) views.push_back(ChannelView::of(*t));
-      for (const at::Tensor& t : grads_out) views.push_back(ChannelView::of(t));
-      const int64_t weight_bytes = 4 * mlp.channels * mlp.hidden * int64_t(sizeof(acc_t));
-      const Plan plan =
-          make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
-                    NOut * x.numel() * int64_t(sizeof(scalar_t)));
-      InStreams<scalar_t, NIn> in;
-      for (size_t k = 0; k < NIn; ++k) {
-        in[k] = make_stream(inputs[k]->template const_data_ptr<scalar_t>(), views[k], plan, k);
-      }
-      OutStreams<scalar_t, NOut> out;
-      for (size_t j = 0; j < NOut; ++j) {
-        out[j] = make_stream(grads_out[j].template data_ptr<scalar_t>(), views[NIn + j], plan, NIn + j);
-      }
-      const acc_t inv_l = acc_t(1) / static_cast<acc_t>(plan.l);
+      if (x.numel() > 0) {
+        std::vector<ChannelView> views;
+        for (const at::Tensor* t : inputs) views.push_back(ChannelView::of(*t));
+        for (const at::Tensor& t : grads_out) views.push_back(ChannelView::of(t));
+        const int64_t weight_bytes = 4 * mlp.channels * mlp.hidden * int64_t(sizeof(w_t));
+        const Plan plan =
+            make_plan(views, NIn * views[0].c * views[0].l * int64_t(sizeof(scalar_t)), weight_bytes,
+                      NOut * x.numel() * int64_t(sizeof(scalar_t)));
+        InStreams<scalar_t, NIn> in;
+        for (size_t k = 0; k < NIn; ++k) {
+          in[k] = make_stream(inputs[k]->template const_data_ptr<scalar_t>(), views[k], plan, k);
+        }
+        OutStreams<scalar_t, NOut> out;
+        for (size_t j = 0; j < NOut; ++j) {
+          out[j] = make_stream(grads_out[j].template data_ptr<scalar_t>(), views[NIn + j], plan, NIn + j);
+        }
+        const acc_t inv_l = acc_t(1) / static_cast<acc_t>(plan.l);
 
-      auto head = [&](int64_t n0, int64_t n1, acc_t* G, std::array<acc_t*, 2>& coef) {
-        const int64_t nb = n1 - n0;
-        SeScratch<acc_t> t(mlp, nb);
-        acc_t* h = h_all.data() + n0 * R;  // kept for dW2
-        mlp.forward(p_data + n0 * C, nb, t.u.data(), h, t.o.data(), coef[0]);
-        mlp.backward(G, t.u.data(), t.o.data(), coef[0], nb, d_o.data() + n0 * C, d_u.data() + n0 * R,
-                     t.d_p.data());
-        for (int64_t i = 0; i < nb * C; ++i) coef[1][i] = t.d_p[i] * inv_l;
-      };
-      reduce_head_apply<scalar_t, NIn, 2>(plan, in, out, grads.data(), map, head, apply);
-    }  // else N, C or L is 0: G = 0, so every gradient below is 0
+        auto head = [&](int64_t n0, int64_t n1, acc_t* G, std::array<acc_t*, 2>& coef) {
+          const int64_t nb = n1 - n0;
+          SeScratch<acc_t> t(mlp, nb);
+          acc_t* h = h_all.data() + n0 * R;  // kept for dW2
+          mlp.forward(p_data + n0 * C, nb, t.u.data(), h, t.o.data(), coef[0]);
+          mlp.backward(G, t.u.data(), t.o.data(), coef[0], nb, d_o.data() + n0 * C, d_u.data() + n0 * R,
+                       t.d_p.data());
+          for (int64_t i = 0; i < nb * C; ++i) coef[1][i] = t.d_p[i] * inv_l;
+        };
+        reduce_head_apply<scalar_t, NIn, 2>(plan, in, out, grads.data(), map, head, apply);
+      }  // else N, C or L is 0: G = 0, so every gradient below is 0
 
-    // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :], written
-    // straight into acc-type tensors, each element summed over n in order.
-    const auto acc_options = w1.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    at::Tensor gw1 = at::empty({R, C}, acc_options), gw2 = at::empty({C, R}, acc_options);
-    acc_t* gw1_data = gw1.data_ptr<acc_t>();
-    acc_t* gw2_data = gw2.data_ptr<acc_t>();
-    SeMlp<acc_t>::sum_of_outer_products(d_o.data(), h_all.data(), N, C, R, gw2_data);  // dW2 (C, R)
-    SeMlp<acc_t>::sum_of_outer_products(d_u.data(), p_data, N, R, C, gw1_data);        // dW1 (R, C)
-    dw1 = gw1.to(w1.scalar_type()).reshape(w1.sizes());
-    dw2 = gw2.to(w2.scalar_type()).reshape(w2.sizes());
-    const at::Tensor bias_like1 = b1.has_value() ? *b1 : at::empty({R}, w1.options());
-    const at::Tensor bias_like2 = b2.has_value() ? *b2 : at::empty({C}, w2.options());
-    db1 = sum_over_samples(d_u, N, R, bias_like1);
-    db2 = sum_over_samples(d_o, N, C, bias_like2);
+      // dW2[c, :] = sum_n d_o[n, c] h[n, :]; dW1[r, :] = sum_n d_u[n, r] p[n, :], each element
+      // summed over n in order in acc_t and written straight into a tensor of the weights'
+      // dtype (rounded once).
+      at::Tensor gw1 = at::empty(w1.sizes(), w1.options()), gw2 = at::empty(w2.sizes(), w2.options());
+      w_t* gw1_data = gw1.data_ptr<w_t>();
+      w_t* gw2_data = gw2.data_ptr<w_t>();
+      SeMlp<acc_t>::sum_of_outer_products(d_o.data(), h_all.data(), N, C, R, gw2_data);  // dW2 (C, R)
+      SeMlp<acc_t>::sum_of_outer_products(d_u.data(), p_data, N, R, C, gw1_data);        // dW1 (R, C)
+      dw1 = gw1;
+      dw2 = gw2;
+      const at::Tensor bias_like1 = b1.has_value() ? *b1 : at::empty({R}, w1.options());
+      const at::Tensor bias_like2 = b2.has_value() ? *b2 : at::empty({C}, w2.options());
+      db1 = sum_over_samples(d_u, N, R, bias_like1);
+      db2 = sum_over_samples(d_o, N, C, bias_like2);
+    });
   });
   std::vector<at::Tensor> result = std::move(grads_out);
   result.insert(result.end(), {dw1, db1, dw2, db2});
