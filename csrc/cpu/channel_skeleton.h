@@ -481,10 +481,18 @@ constexpr int64_t kShortRow = 256;
 // caches evicted, float32 8x2048x7x7 GCT forward went from 2.3-2.5x a copy to 1.8-2.0x,
 // 8x1024x14x14 from 1.9-2.2x to 1.65-1.8x, bfloat16 7x7 from 4.2x to 2.4x.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr bool kFlatShortRows = true;  // rows up to kShortRow
+constexpr bool kMaskedSteps = true;
 #else
-constexpr bool kFlatShortRows = false;
+constexpr bool kMaskedSteps = false;
 #endif
+// Half-precision rows take the grouped / overlapping path on every ISA: on AVX-512 (an
+// Intel Xeon VM, caches evicted, the module's call, NCHW) the flat kernels ran bfloat16 GCT
+// forward 8x2048x7x7 at 2.9-3.0x a copy against 2.7x, 8x1024x14x14 at 2.5x against
+// 2.3-2.4x, float16 GCT 7x7 at 3.2-3.35x against 2.75-2.85x, bfloat16 SE 7x7 at 3.8x
+// against 3.4-3.5x, and forward+backward 7x7 / 14x14 at 7.1x / 6.3-6.7x against 6.7x / 6.0x;
+// float32 measured the same either way there (the flat kernels were tuned for it on Zen 5).
+template <typename scalar_t>
+constexpr bool kFlatShortRows = kMaskedSteps && sizeof(scalar_t) >= 4;  // rows up to kShortRow
 
 // How the row kernels end a row of `len` elements that is not a whole number of steps.
 // Partial: a masked step at `full`. Overlapping (rows of at least one step): a full step
@@ -543,7 +551,7 @@ constexpr int64_t kGroupedRowSteps = 8;
 // Whether rows of `len` elements go through the grouped short-row kernels.
 template <typename scalar_t>
 constexpr bool grouped_rows(int64_t len) {
-  return kFlatShortRows ? len <= kShortRow : len < kGroupedRowSteps * Lanes<scalar_t>::kStep;
+  return kFlatShortRows<scalar_t> ? len <= kShortRow : len < kGroupedRowSteps * Lanes<scalar_t>::kStep;
 }
 
 // Sum of map(in) over tail.len contiguous elements: eight vector accumulators (enough
@@ -687,12 +695,12 @@ inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const st
 }
 
 // reduce_row_group over `rows` rows of `len` elements: kReduceRowGroup at a time, then one
-// at a time; tails overlapping where kFlatShortRows is off (see RowTail).
+// at a time; tails overlapping where kFlatShortRows<scalar_t> is off (see RowTail).
 template <typename scalar_t, size_t NR, typename Map>
 void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
                        int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
                        const Map& map) {
-  const RowTail<scalar_t> tail(len, !kFlatShortRows);
+  const RowTail<scalar_t> tail(len, !kFlatShortRows<scalar_t>);
   int64_t r = 0;
   for (; r + kReduceRowGroup <= rows; r += kReduceRowGroup) {
     reduce_row_group<kReduceRowGroup>(in, row_stride, r, tail, out, out_stride, map);
@@ -1055,8 +1063,8 @@ void reduce_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n
       strides[k] = in[k].stride_l;
     }
     reduce_c_rows<scalar_t, NR>(rows, strides, len, C, partial + lb * C, map);
-  } else if (kFlatShortRows && plan.path == Path::kRowsAlongL && len <= kShortRow && flat_tile(plan, tile) &&
-             dense_rows<scalar_t, NR>(plan, in)) {
+  } else if (kFlatShortRows<scalar_t> && plan.path == Path::kRowsAlongL && len <= kShortRow &&
+             flat_tile(plan, tile) && dense_rows<scalar_t, NR>(plan, in)) {
     std::array<const scalar_t*, NR> rows;
     for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, tile.c0, 0);
     reduce_flat_rows<scalar_t, NR>(rows, tile.c1 - tile.c0, plan.l, partial + tile.c0 * T + lb, T, map);
@@ -1069,7 +1077,7 @@ void reduce_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, int64_t n
     }
     reduce_short_rows<scalar_t, NR>(rows, strides, tile.c1 - tile.c0, len, partial + tile.c0 * T + lb, T, map);
   } else if (plan.path == Path::kRowsAlongL) {
-    const RowTail<scalar_t> tail(len, !kFlatShortRows);
+    const RowTail<scalar_t> tail(len, !kFlatShortRows<scalar_t>);
     for (int64_t c = tile.c0; c < tile.c1; ++c) {
       std::array<const scalar_t*, NR> rows;
       for (size_t k = 0; k < NR; ++k) rows[k] = row_ptr(in[k], n, c, tile.l0);
@@ -1168,12 +1176,13 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
     return;
   }
   const int64_t len = tile.l1 - tile.l0;
-  // Without cheap masked stores (!kFlatShortRows), rows end with overlapping steps, except
+  // Off the flat kernels (!kFlatShortRows<scalar_t>), rows end with overlapping steps, except
   // in outputs large enough for streaming stores: short rows of those go through the flat
   // kernel, whose vectors are aligned to the tile rather than to each row.
-  const bool overlap_tails = !kFlatShortRows && !plan.stream_stores && outputs_distinct(in, out);
-  if (plan.path == Path::kRowsAlongL && len <= kShortRow && (kFlatShortRows || plan.stream_stores) &&
-      flat_tile(plan, tile) && dense_rows<scalar_t, NIn>(plan, in, out)) {
+  const bool overlap_tails = !kFlatShortRows<scalar_t> && !plan.stream_stores && outputs_distinct(in, out);
+  if (plan.path == Path::kRowsAlongL && len <= kShortRow &&
+      (kFlatShortRows<scalar_t> || plan.stream_stores) && flat_tile(plan, tile) &&
+      dense_rows<scalar_t, NIn>(plan, in, out)) {
     std::array<const scalar_t*, NIn> src;
     std::array<scalar_t*, NOut> dst;
     std::array<const acc_t*, NK> cf;
