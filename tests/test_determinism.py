@@ -5,7 +5,8 @@ code path of the CPU kernels (csrc/cpu/channel_skeleton.h):
   path kRowsAlongL (NCHW rows; many short rows per tile), kRowsAlongC (channels_last),
   kGeneric (spatial dims that do not merge, stride-0 gradients), both-ways-contiguous maps
   (C = 1 or L = 1); whole samples per thread (sample_parallel) and chunks of samples shared by
-  all threads; rows longer than 32768 split into L-tiles; outputs >= 8 MB written with
+  all threads (one chunk, or several chunks of several samples: 7 samples of 1.3 MB in
+  chunks of 3, 3, 1 with 4 MB chunks); rows longer than 32768 split into L-tiles; outputs >= 8 MB written with
   streaming stores; float32, bfloat16 (two vectors per load) and float64.
 
 The Triton kernels (under the interpreter here, on a GPU when there is one) are checked the
@@ -29,6 +30,7 @@ CPU_CASES = [
     ("rows_along_C-sample_parallel", (8, 64, 7, 9), "channels_last", "channels_last", torch.float32),
     ("rows_along_C-chunked", (2, 256, 40, 40), "channels_last", "channels_last", torch.bfloat16),
     ("rows_along_L-chunked", (2, 64, 64, 65), "nchw", "nchw", torch.float64),
+    ("rows_along_L-several_chunks", (7, 64, 72, 72), "nchw", "nchw", torch.float32),
     ("generic-unmerged", (4, 8, 20, 21), "padded", "nchw", torch.float32),
     ("generic-expanded_dy", (4, 8, 20, 21), "nchw", "expanded", torch.float32),
     ("both_ways-C1", (8, 1, 32, 32), "nchw", "nchw", torch.float32),
@@ -168,3 +170,27 @@ def test_fused_gpu_backends_bitwise_across_runs(backend, layout):
                 with num_threads(threads):
                     runs.append(_run(fn, x, identity, params, dy))
             _assert_bitwise(runs, f"{backend} {name} {layout}")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_several_chunks_match_the_reference(layout):
+    """Samples processed in several chunks of several samples (7 x 1.3 MB against a 4 MB
+    chunk budget: chunks of 3, 3, 1) get their own statistics and gates, forward and
+    backward, as the float64 reference computes them."""
+    from gct_fused import reference
+    from helpers import FORWARD_TOL, assert_close, f64, grad_tol
+    shape = (7, 64, 72, 72)
+    x = make_map(shape, torch.float32, "cpu", layout)
+    dy = make_map(shape, torch.float32, "cpu", layout, seed=3)
+    cases = [(gct_fused.gct, reference.gct, make_gct_params(64, torch.float32, "cpu")),
+             (gct_fused.squeeze_excite, reference.squeeze_excite, make_se_params(64, 8, torch.float32, "cpu"))]
+    for fused, ref, params in cases:
+        leaves = [t.detach().requires_grad_(True) for t in (x, *params)]
+        ref_leaves = [f64(t).requires_grad_(True) for t in (x, *params)]
+        y = fused(*leaves, backend="cpu")
+        y_ref = ref(*ref_leaves)
+        assert_close(y, y_ref, FORWARD_TOL[torch.float32], f"{fused.__name__} y")
+        y.backward(dy)
+        y_ref.backward(f64(dy))
+        for a, b in zip(leaves, ref_leaves):
+            assert_close(a.grad, b.grad, grad_tol(torch.float32, b.grad), f"{fused.__name__} grad")

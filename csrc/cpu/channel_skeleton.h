@@ -289,8 +289,14 @@ struct Plan {
 };
 
 // Budget for the bytes of one chunk's reduce inputs: they are re-read by the apply
-// stage, so they should stay in the (32 MB, shared) L3 of the machines we target.
-constexpr int64_t kChunkBytes = int64_t(8) << 20;
+// stage, so they should stay in cache: well within the 32 MB L3 of the AMD machines, and
+// within the L2s of two cores where those are 2 MB (an Intel Xeon VM, whose share of its
+// large L3 re-reads slowly). There 8 MB chunks ran GCT forward 8x256x56x56 at 1.26-1.27x a
+// copy (float32) and 1.74-1.85x (bfloat16) against 1.03-1.25x and 1.56-1.58x with 4 MB,
+// SE 1.18-1.20x / 1.80-1.87x against 1.02-1.08x / 1.62-1.63x (benchmark, caches evicted,
+// two runs each); 2 MB split the 3.2 MB 7x7 maps in two chunks, so the SE head read its
+// weights twice (SE 8x2048x7x7 2.8x -> 3.4x).
+constexpr int64_t kChunkBytes = int64_t(4) << 20;
 // Longest L-run one tile reduces; longer rows are split so that few large rows
 // (e.g. GCT on a 3-channel image) still spread over threads.
 constexpr int64_t kMaxTileL = 32768;
