@@ -80,7 +80,8 @@ void with_weight_type(const at::Tensor& w, const F& f) {
 constexpr int64_t kMlpSamples = 8;
 
 // The MLP of one SE call in the accumulation type, applied to a chunk of samples at a
-// time: W1 is (R, C) and W2 (C, R), row-major; absent biases are zeros. Every output
+// time: W1 is (R, C) and W2 (C, R), row-major, of element type w_t (acc_t, or the map's
+// half-precision type, widened as loaded); absent biases are zeros. Every output
 // element is one dot product in a fixed order (one vector accumulator along the row,
 // a fixed lane tree, then the tail), whichever thread computes it and whichever
 // samples it is computed with; each weight row is loaded once per kMlpSamples samples.
