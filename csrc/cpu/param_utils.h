@@ -8,7 +8,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cpu/vec/vec.h>
 
-#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -51,11 +50,8 @@ std::vector<acc_t> to_acc_vector(const at::Tensor& p) {
 template <typename out_t, typename acc_t>
 void convert_from_acc(const acc_t* src, out_t* dst, int64_t n) {
   int64_t i = 0;
-  if constexpr (std::is_same_v<out_t, acc_t>) {
-    std::copy(src, src + n, dst);
-    return;
-  } else if constexpr (std::is_same_v<acc_t, float> &&
-                       (std::is_same_v<out_t, at::BFloat16> || std::is_same_v<out_t, at::Half>)) {
+  if constexpr (std::is_same_v<acc_t, float> &&
+                (std::is_same_v<out_t, at::BFloat16> || std::is_same_v<out_t, at::Half>)) {
     using V = at::vec::Vectorized<out_t>;
     using Vacc = at::vec::Vectorized<float>;
     for (; i + V::size() <= n; i += V::size()) {
