@@ -147,6 +147,28 @@ def grad_tol(dtype: torch.dtype, expected: torch.Tensor) -> dict:
     return tol
 
 
+def grads_of(fn, tensors, dy):
+    """fn(*tensors) backpropagated with dy: (the output, detached; the gradient of every
+    tensor, None for None)."""
+    leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    out.backward(dy)
+    return out.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def check_against_reference(fused_fn, reference_fn, tensors, dy, dtype, what) -> None:
+    """fused_fn(*tensors) and its gradients (dy) against reference_fn on the float64 values:
+    the forward within FORWARD_TOL, every gradient within grad_tol and of its tensor's dtype."""
+    out, got = grads_of(fused_fn, tensors, dy)
+    ref_out, want = grads_of(reference_fn, [f64(t) for t in tensors], f64(dy))
+    assert_close(out, ref_out, FORWARD_TOL[dtype], f"{what}: forward")
+    for i, (g, w) in enumerate(zip(got, want)):
+        if w is None:
+            continue
+        assert g is not None and g.dtype == tensors[i].dtype, f"{what}: gradient {i}"
+        assert_close(g, w, grad_tol(dtype, w), f"{what}: gradient {i}")
+
+
 def has_env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 

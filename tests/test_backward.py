@@ -7,22 +7,14 @@ import torch
 import gct_fused
 from gct_fused import reference
 from helpers import (DTYPES, FUSED_BACKENDS, GCT_MODES, LAYOUTS, SE_VARIANTS, assert_close, backend_device, thin_for_interpreter,
-                     f64, grad_tol, make_gct_params, make_map, make_se_params)
+                     f64, grad_tol, grads_of, make_gct_params, make_map, make_se_params)
 
 SHAPES = ((2, 5, 7, 3), (1, 1, 4, 4), (3, 6, 1, 1), (2, 7, 13), (2, 3, 2, 3, 5), (4, 9))
 
 
-def _grads(fn, tensors, dy):
-    """fn(*tensors) backpropagated with dy: the gradient of every tensor (None-safe)."""
-    leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
-    out = fn(*leaves)
-    out.backward(dy)
-    return out, [None if t is None else t.grad for t in leaves]
-
-
 def _check(fused_fn, reference_fn, tensors, dy, dtype, names):
-    out, got = _grads(fused_fn, tensors, dy)
-    _, want = _grads(reference_fn, [f64(t) for t in tensors], f64(dy))
+    out, got = grads_of(fused_fn, tensors, dy)
+    _, want = grads_of(reference_fn, [f64(t) for t in tensors], f64(dy))
     for name, g, w in zip(names, got, want):
         if w is None:
             assert g is None
@@ -105,8 +97,8 @@ def test_backward_is_bitwise_reproducible(backend):
     sp = make_se_params(16, 4, torch.float32, device)
     runs = []
     for _ in range(2):
-        _, g1 = _grads(lambda *t: gct_fused.gct(*t, backend=backend), [x, *gp], dy)
-        _, g2 = _grads(lambda *t: gct_fused.squeeze_excite(*t, backend=backend), [x, *sp], dy)
+        _, g1 = grads_of(lambda *t: gct_fused.gct(*t, backend=backend), [x, *gp], dy)
+        _, g2 = grads_of(lambda *t: gct_fused.squeeze_excite(*t, backend=backend), [x, *sp], dy)
         runs.append(g1 + g2)
     for a, b in zip(*runs):
         assert torch.equal(a, b)

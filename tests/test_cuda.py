@@ -11,8 +11,8 @@ import torch
 import gct_fused
 from gct_fused import reference
 from gct_fused._backends import OP_NAMES
-from helpers import (BACKWARD_TOL, FORWARD_TOL, assert_close, f64, grad_tol, make_gct_params, make_map,
-                     make_se_params)
+from helpers import (BACKWARD_TOL, FORWARD_TOL, assert_close, check_against_reference, f64, grad_tol, grads_of,
+                     make_gct_params, make_map, make_se_params)
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -42,24 +42,6 @@ def test_cuda_kernels_registered_for_every_op():
 
 # ---------------------------------------------------------------------------------------
 # Helpers of the GPU tests
-
-
-def _grads(fn, tensors, dy):
-    leaves = [None if t is None else t.detach().requires_grad_(True) for t in tensors]
-    out = fn(*leaves)
-    out.backward(dy)
-    return out.detach(), [None if t is None else t.grad for t in leaves]
-
-
-def _check_against_reference(fused_fn, reference_fn, tensors, dy, dtype, what):
-    out, got = _grads(fused_fn, tensors, dy)
-    ref_out, want = _grads(reference_fn, [f64(t) for t in tensors], f64(dy))
-    assert_close(out, ref_out, FORWARD_TOL[dtype], f"{what}: forward")
-    for i, (g, w) in enumerate(zip(got, want)):
-        if w is None:
-            continue
-        assert g is not None and g.dtype == tensors[i].dtype, f"{what}: gradient {i}"
-        assert_close(g, w, grad_tol(dtype, w), f"{what}: gradient {i}")
 
 
 def _gct_case(shape, dtype, device, layout, mode, after_relu):
@@ -95,10 +77,10 @@ def test_large_shapes_against_reference(shape, layout, dtype):
     device = _cuda_device()
     for mode, after_relu in (("l2", False), ("l1", False), ("l1", True)):
         fused, ref, tensors, dy = _gct_case(shape, dtype, device, layout, mode, after_relu)
-        _check_against_reference(fused, ref, tensors, dy, dtype, f"gct {mode} relu={after_relu} {shape}")
+        check_against_reference(fused, ref, tensors, dy, dtype, f"gct {mode} relu={after_relu} {shape}")
     for activation, gate in (("relu", "sigmoid"), ("silu", "hardsigmoid")):
         fused, ref, tensors, dy = _se_case(shape, dtype, device, layout, activation, gate)
-        _check_against_reference(fused, ref, tensors, dy, dtype, f"se {activation}/{gate} {shape}")
+        check_against_reference(fused, ref, tensors, dy, dtype, f"se {activation}/{gate} {shape}")
 
 
 @needs_gpu
@@ -110,7 +92,7 @@ def test_se_residual_large_shapes(activation_after):
         identity = make_map(shape, torch.float32, device, "channels_last", seed=5)
         dy = make_map(shape, torch.float32, device, "channels_last", seed=3)
         params = make_se_params(shape[1], max(1, shape[1] // 16), torch.float32, device)
-        _check_against_reference(
+        check_against_reference(
             lambda *t: gct_fused.se_residual(*t, "relu", "sigmoid", activation_after, backend="cuda"),
             lambda *t: reference.se_residual(*t, "relu", "sigmoid", activation_after),
             [x, identity, *params], dy, torch.float32, f"se_residual {activation_after} {shape}")
@@ -128,7 +110,7 @@ def test_spatial_dims_that_do_not_merge(dtype):
                                    _se_case(shape, dtype, device, "nchw")):
         tensors[0] = x
         assert fused(*tensors).stride() == x.stride()
-        _check_against_reference(fused, ref, tensors, dy, dtype, "spatial dims that do not merge")
+        check_against_reference(fused, ref, tensors, dy, dtype, "spatial dims that do not merge")
 
 
 # ---------------------------------------------------------------------------------------
@@ -147,7 +129,7 @@ def test_forward_and_backward_are_bitwise_reproducible(shape, layout):
     for fused, _, tensors, dy in cases:
         runs = []
         for _ in range(2):
-            out, grads = _grads(fused, tensors, dy)
+            out, grads = grads_of(fused, tensors, dy)
             runs.append([out] + grads)
         for a, b in zip(*runs):
             assert torch.equal(a, b), "two identical calls gave different bits"

@@ -6,8 +6,8 @@ code path of the CPU kernels (csrc/cpu/channel_skeleton.h):
   kGeneric (spatial dims that do not merge, stride-0 gradients), both-ways-contiguous maps
   (C = 1 or L = 1); whole samples per thread (sample_parallel) and chunks of samples shared by
   all threads (one chunk, or several chunks of several samples: 7 samples of 1.3 MB in
-  chunks of 3, 3, 1 with 4 MB chunks); rows longer than 32768 split into L-tiles; outputs >= 8 MB written with
-  streaming stores; float32, bfloat16 (two vectors per load) and float64.
+  chunks of 3, 3, 1 with 4 MB chunks); rows longer than 32768 split into L-tiles; outputs
+  >= 8 MB written with streaming stores; float32, bfloat16 (two vectors per load) and float64.
 
 The Triton kernels (under the interpreter here, on a GPU when there is one) are checked the
 same way on small maps, with the reduction forced to split along L.
@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import gct_fused
-from helpers import backend_device, interpreted, make_gct_params, make_map, make_se_params
+from gct_fused import reference
+from helpers import backend_device, check_against_reference, interpreted, make_gct_params, make_map, make_se_params
 
 # (id, shape, layout of x, layout of dy, dtype)
 CPU_CASES = [
@@ -177,20 +178,10 @@ def test_several_chunks_match_the_reference(layout):
     """Samples processed in several chunks of several samples (7 x 1.3 MB against a 4 MB
     chunk budget: chunks of 3, 3, 1) get their own statistics and gates, forward and
     backward, as the float64 reference computes them."""
-    from gct_fused import reference
-    from helpers import FORWARD_TOL, assert_close, f64, grad_tol
     shape = (7, 64, 72, 72)
     x = make_map(shape, torch.float32, "cpu", layout)
     dy = make_map(shape, torch.float32, "cpu", layout, seed=3)
-    cases = [(gct_fused.gct, reference.gct, make_gct_params(64, torch.float32, "cpu")),
-             (gct_fused.squeeze_excite, reference.squeeze_excite, make_se_params(64, 8, torch.float32, "cpu"))]
-    for fused, ref, params in cases:
-        leaves = [t.detach().requires_grad_(True) for t in (x, *params)]
-        ref_leaves = [f64(t).requires_grad_(True) for t in (x, *params)]
-        y = fused(*leaves, backend="cpu")
-        y_ref = ref(*ref_leaves)
-        assert_close(y, y_ref, FORWARD_TOL[torch.float32], f"{fused.__name__} y")
-        y.backward(dy)
-        y_ref.backward(f64(dy))
-        for a, b in zip(leaves, ref_leaves):
-            assert_close(a.grad, b.grad, grad_tol(torch.float32, b.grad), f"{fused.__name__} grad")
+    check_against_reference(lambda *t: gct_fused.gct(*t, backend="cpu"), reference.gct,
+                            [x, *make_gct_params(64, torch.float32, "cpu")], dy, torch.float32, "gct")
+    check_against_reference(lambda *t: gct_fused.squeeze_excite(*t, backend="cpu"), reference.squeeze_excite,
+                            [x, *make_se_params(64, 8, torch.float32, "cpu")], dy, torch.float32, "se")

@@ -2,7 +2,8 @@
 
 An NCHW map is C rows of L elements per sample; csrc/cpu/channel_skeleton.h picks a kernel by
 L and ends each row that is not a whole number of vector steps with a partial (masked) step
-or, where masked loads and stores are slow (AVX2), with an overlapping full step. The lengths
+or, where masked loads and stores are slow (AVX2) and for half precision, with an
+overlapping full step. The lengths
 below sit on every boundary of those choices for the vector widths of AVX2 and AVX-512 and
 every dtype (a step is 4-32 elements): shorter than a step, whole steps, one past, the limit
 of the grouped short-row kernels (8 steps), kShortRow (256), and 7x7 / 14x14 maps. Dense rows
@@ -15,8 +16,7 @@ import torch
 
 import gct_fused
 from gct_fused import reference
-from helpers import (BACKWARD_TOL, FORWARD_TOL, assert_close, f64, grad_tol, make_gct_params, make_map,
-                     make_se_params)
+from helpers import FORWARD_TOL, assert_close, check_against_reference, f64, make_gct_params, make_map, make_se_params
 
 pytestmark = pytest.mark.skipif("cpu" not in gct_fused.available_backends("cpu"),
                                 reason="the cpu backend (gct_fused._C) is not built")
@@ -34,59 +34,37 @@ def _map(length: int, dtype, sliced: bool) -> torch.Tensor:
     return make_map((2, CHANNELS, length + 3), dtype, "cpu")[:, :, 1:length + 1]
 
 
-def _backward_check(y, expected, inputs, expected_inputs, dtype, what):
-    dy = make_map(tuple(y.shape), dtype, "cpu", seed=5)
-    grads = torch.autograd.grad(y, inputs, dy)
-    expected_grads = torch.autograd.grad(expected, expected_inputs, f64(dy))
-    for name, g, e in zip(("dx",) + tuple(f"d{i}" for i in range(1, len(inputs))), grads, expected_grads):
-        assert_close(g, e, grad_tol(dtype, e), f"{what} {name}")
-
-
-def _leaves(tensors, dtype=None):
-    return [t.detach().to(dtype or t.dtype).requires_grad_(True) for t in tensors]
+def _dy(length: int, dtype) -> torch.Tensor:
+    return make_map((2, CHANNELS, length), dtype, "cpu", seed=5)
 
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["dense", "sliced"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_gct_rows(length, dtype, sliced):
-    x = _map(length, dtype, sliced)
-    params = make_gct_params(CHANNELS, dtype, "cpu")
-    leaves = _leaves([x, *params])
-    ref_leaves = _leaves([x, *params], torch.float64)
-    y = gct_fused.gct(*leaves, backend="cpu")
-    expected = reference.gct(*ref_leaves)
-    assert_close(y, expected, FORWARD_TOL[dtype], f"gct L={length}")
-    _backward_check(y, expected, leaves, ref_leaves, dtype, f"gct L={length}")
+    tensors = [_map(length, dtype, sliced), *make_gct_params(CHANNELS, dtype, "cpu")]
+    check_against_reference(lambda *t: gct_fused.gct(*t, backend="cpu"), reference.gct, tensors,
+                            _dy(length, dtype), dtype, f"gct L={length}")
 
 
 @pytest.mark.parametrize("sliced", [False, True], ids=["dense", "sliced"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_se_rows(length, dtype, sliced):
-    x = _map(length, dtype, sliced)
-    params = make_se_params(CHANNELS, 3, dtype, "cpu")
-    leaves = _leaves([x, *params])
-    ref_leaves = _leaves([x, *params], torch.float64)
-    y = gct_fused.squeeze_excite(*leaves, "silu", "sigmoid", backend="cpu")
-    expected = reference.squeeze_excite(*ref_leaves, "silu", "sigmoid")
-    assert_close(y, expected, FORWARD_TOL[dtype], f"se L={length}")
-    _backward_check(y, expected, leaves, ref_leaves, dtype, f"se L={length}")
+    tensors = [_map(length, dtype, sliced), *make_se_params(CHANNELS, 3, dtype, "cpu")]
+    check_against_reference(lambda *t: gct_fused.squeeze_excite(*t, "silu", "sigmoid", backend="cpu"),
+                            lambda *t: reference.squeeze_excite(*t, "silu", "sigmoid"), tensors,
+                            _dy(length, dtype), dtype, f"se L={length}")
 
 
 @pytest.mark.parametrize("dtype", (torch.float64, torch.float32, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("length", LENGTHS)
 def test_se_residual_rows(length, dtype):
     """Two inputs per row (x and identity) and, in the backward, two outputs (dx, didentity)."""
-    x = _map(length, dtype, False)
-    identity = _map(length, dtype, True)
-    params = make_se_params(CHANNELS, 3, dtype, "cpu")
-    leaves = _leaves([x, identity, *params])
-    ref_leaves = _leaves([x, identity, *params], torch.float64)
-    y = gct_fused.se_residual(*leaves, "relu", "sigmoid", "relu", backend="cpu")
-    expected = reference.se_residual(*ref_leaves, "relu", "sigmoid", "relu")
-    assert_close(y, expected, FORWARD_TOL[dtype], f"se_residual L={length}")
-    _backward_check(y, expected, leaves[:2], ref_leaves[:2], dtype, f"se_residual L={length}")
+    tensors = [_map(length, dtype, False), _map(length, dtype, True), *make_se_params(CHANNELS, 3, dtype, "cpu")]
+    check_against_reference(lambda *t: gct_fused.se_residual(*t, "relu", "sigmoid", "relu", backend="cpu"),
+                            lambda *t: reference.se_residual(*t, "relu", "sigmoid", "relu"), tensors,
+                            _dy(length, dtype), dtype, f"se_residual L={length}")
 
 
 @pytest.mark.parametrize("hw", [(7, 7), (14, 14)], ids=str)
