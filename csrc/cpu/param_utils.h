@@ -13,23 +13,30 @@
 
 namespace gct_fused::cpu {
 
-// out[i] = data[i] for i < n, in acc_t.
-template <typename acc_t, typename scalar_t>
-void convert_to_acc(const scalar_t* data, acc_t* out, int64_t n) {
+// dst[i] = src[i] for i < n: half precision widened to float (exactly), float narrowed to
+// half precision (to nearest even, as Tensor::to rounds), any other pair by static_cast.
+// Vectorised for the half-precision pairs: SE weight gradients (2 x 2048 x 128 values)
+// are narrowed on every backward of a bfloat16/float16 module.
+template <typename out_t, typename in_t>
+void convert_values(const in_t* src, out_t* dst, int64_t n) {
+  constexpr bool kHalfIn = std::is_same_v<in_t, at::BFloat16> || std::is_same_v<in_t, at::Half>;
+  constexpr bool kHalfOut = std::is_same_v<out_t, at::BFloat16> || std::is_same_v<out_t, at::Half>;
+  using Vf = at::vec::Vectorized<float>;
   int64_t i = 0;
-  if constexpr (std::is_same_v<acc_t, float> &&
-                (std::is_same_v<scalar_t, at::BFloat16> || std::is_same_v<scalar_t, at::Half>)) {
-    // Vectorised: SE weights are up to 2 x 2048 x 128 values, converted on every call of
-    // a bfloat16/float16 module.
-    using V = at::vec::Vectorized<scalar_t>;
-    constexpr int64_t kHalfStep = V::size() / 2;
+  if constexpr (std::is_same_v<out_t, float> && kHalfIn) {
+    using V = at::vec::Vectorized<in_t>;
     for (; i + V::size() <= n; i += V::size()) {
-      const auto wide = at::vec::convert_to_float<scalar_t>(V::loadu(data + i));
-      std::get<0>(wide).store(out + i);
-      std::get<1>(wide).store(out + i + kHalfStep);
+      const auto wide = at::vec::convert_to_float<in_t>(V::loadu(src + i));
+      std::get<0>(wide).store(dst + i);
+      std::get<1>(wide).store(dst + i + Vf::size());
+    }
+  } else if constexpr (std::is_same_v<in_t, float> && kHalfOut) {
+    using V = at::vec::Vectorized<out_t>;
+    for (; i + V::size() <= n; i += V::size()) {
+      at::vec::convert_from_float<out_t>(Vf::loadu(src + i), Vf::loadu(src + i + Vf::size())).store(dst + i);
     }
   }
-  for (; i < n; ++i) out[i] = static_cast<acc_t>(data[i]);
+  for (; i < n; ++i) dst[i] = static_cast<out_t>(src[i]);
 }
 
 // p's values (any shape, any floating dtype) as a flat vector of acc_t. Reads the
@@ -40,25 +47,9 @@ std::vector<acc_t> to_acc_vector(const at::Tensor& p) {
   const at::Tensor src = p.is_contiguous() ? p : p.contiguous();  // parameters are tiny
   std::vector<acc_t> out(static_cast<size_t>(src.numel()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "to_acc_vector", [&] {
-    convert_to_acc(src.const_data_ptr<scalar_t>(), out.data(), static_cast<int64_t>(out.size()));
+    convert_values(src.const_data_ptr<scalar_t>(), out.data(), static_cast<int64_t>(out.size()));
   });
   return out;
-}
-
-// dst[i] = src[i] for i < n, rounded once to out_t (to nearest even, as Tensor::to rounds):
-// parameter gradients are summed in acc_t and stored in the parameter's dtype.
-template <typename out_t, typename acc_t>
-void convert_from_acc(const acc_t* src, out_t* dst, int64_t n) {
-  int64_t i = 0;
-  if constexpr (std::is_same_v<acc_t, float> &&
-                (std::is_same_v<out_t, at::BFloat16> || std::is_same_v<out_t, at::Half>)) {
-    using V = at::vec::Vectorized<out_t>;
-    using Vacc = at::vec::Vectorized<float>;
-    for (; i + V::size() <= n; i += V::size()) {
-      at::vec::convert_from_float<out_t>(Vacc::loadu(src + i), Vacc::loadu(src + i + Vacc::size())).store(dst + i);
-    }
-  }
-  for (; i < n; ++i) dst[i] = static_cast<out_t>(src[i]);
 }
 
 // sum over n of per_sample[n * width + j], in the order n = 0, 1, ... (bitwise
@@ -76,7 +67,7 @@ at::Tensor sum_over_samples(const std::vector<acc_t>& per_sample, int64_t sample
     for (int64_t j = 0; j < width; ++j) sums[j] += src[j];
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "sum_over_samples", [&] {
-    convert_from_acc(sums.data(), out.data_ptr<scalar_t>(), width);
+    convert_values(sums.data(), out.data_ptr<scalar_t>(), width);
   });
   return out;
 }

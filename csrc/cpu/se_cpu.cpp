@@ -296,7 +296,7 @@ struct SeMlp {
             acc_t sums[kBlock];
 #pragma GCC unroll 8
             for (int v = 0; v < kVecs; ++v) acc[v].store(sums + v * kW);
-            convert_from_acc(sums, dst, width);
+            convert_values(sums, dst, width);
           }
         };
         if (width == kBlock) block(std::true_type{});
