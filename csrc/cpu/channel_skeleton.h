@@ -306,10 +306,11 @@ constexpr int64_t kMaxTileL = 32768;
 constexpr int64_t kTileElems = 16384;
 // Largest per-sample working set (inputs of the reduce plus the head's data) that a
 // thread processes on its own, out of its L2: 3/4 of the L2 of a core as the C library
-// reports it, and at least 640 KB, the budget the AMD machines (512 KB and 1 MB L2, backed
-// by a fast 32 MB L3) were tuned with. On an Intel Xeon VM (2 MB L2, an L3 that re-reads at
-// about DRAM speed) whole samples of 784 KB-1.3 MB ran 4-5% faster with caches evicted and
-// 14-18% faster in cache (gct/se 8x1024x14x14 float32 forward; interleaved A/B runs).
+// reports it, and at least 640 KB, the fixed budget the AMD machines ran with before (a
+// 512 KB L2 keeps it; a 1 MB L2 now gets 768 KB, not measured there). On an Intel Xeon VM
+// (2 MB L2, an L3 that re-reads at about DRAM speed) whole samples of 784 KB-1.3 MB ran 4-5%
+// faster with caches evicted and 14-18% faster in cache (gct/se 8x1024x14x14 float32
+// forward; interleaved A/B runs).
 constexpr int64_t kSampleBytes = int64_t(640) << 10;
 inline int64_t sample_bytes_budget() {
   static const int64_t budget = [] {
