@@ -1,4 +1,5 @@
-"""The CPU kernels' NCHW row paths, one test per row length class, against the float64 reference.
+"""The CPU kernels' NCHW row paths, one test per row length class, against the float64 reference
+(and, at the end, the channels_last C-row paths, one test per channel count class).
 
 An NCHW map is C rows of L elements per sample; csrc/cpu/channel_skeleton.h picks a kernel by
 L and ends each row that is not a whole number of vector steps with a partial (masked) step
@@ -78,3 +79,42 @@ def test_resnet_tail_maps(hw, dtype):
     se = make_se_params(600, 37, dtype, "cpu")
     assert_close(gct_fused.squeeze_excite(x, *se, backend="cpu"),
                  reference.squeeze_excite(f64(x), *map(f64, se)), FORWARD_TOL[dtype], f"se {hw}")
+
+
+# channels_last: one C-row of C channels per spatial position. csrc/cpu/channel_skeleton.h
+# keeps every channel's running sum in registers for rows of up to 8 steps (AVX2) or 16
+# vectors of sums (AVX-512: 256 float32 / half-precision channels, 128 float64), else sweeps
+# the row in groups of rows. These channel counts sit on each of those limits and on the
+# step boundaries below them; 5x13 = 65 rows per sample: groups of four rows plus one, and
+# at C = 257 two tiles (63 rows each at most).
+C_ROW_CHANNELS = (3, 15, 16, 17, 33, 64, 65, 127, 128, 129, 255, 256, 257)
+C_ROW_SPATIAL = (5, 13)
+
+
+def _c_row_map(channels: int, dtype, sliced: bool, seed: int = 0) -> torch.Tensor:
+    if not sliced:
+        return make_map((2, channels) + C_ROW_SPATIAL, dtype, "cpu", "channels_last", seed=seed)
+    # Every other block of C channels of a channels_last map: C-rows 2C apart, with gaps.
+    return make_map((2, 2 * channels) + C_ROW_SPATIAL, dtype, "cpu", "channels_last", seed=seed)[:, :channels]
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["dense", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels", C_ROW_CHANNELS)
+def test_gct_c_rows(channels, dtype, sliced):
+    x = _c_row_map(channels, dtype, sliced)
+    assert x.stride(1) == 1 and x.stride(3) == (2 if sliced else 1) * channels
+    dy = _c_row_map(channels, dtype, False, seed=5)
+    check_against_reference(lambda *t: gct_fused.gct(*t, backend="cpu"), reference.gct,
+                            [x, *make_gct_params(channels, dtype, "cpu")], dy, dtype, f"gct C={channels}")
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["dense", "sliced"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels", C_ROW_CHANNELS)
+def test_se_c_rows(channels, dtype, sliced):
+    x = _c_row_map(channels, dtype, sliced)
+    dy = _c_row_map(channels, dtype, False, seed=5)
+    check_against_reference(lambda *t: gct_fused.squeeze_excite(*t, "silu", "sigmoid", backend="cpu"),
+                            lambda *t: reference.squeeze_excite(*t, "silu", "sigmoid"),
+                            [x, *make_se_params(channels, 3, dtype, "cpu")], dy, dtype, f"se C={channels}")
