@@ -7,6 +7,7 @@ bytes varied 1.0 -> 1.5 ms between two cases of one benchmark run here).
 
     python benchmarks/variant_ratios.py            # GCT and SE, ResNet-50 layer1 (8x256x56x56)
     python benchmarks/variant_ratios.py --reps 100
+    python benchmarks/variant_ratios.py --shape 8x144x56x56 --op se   # another map, one op
 
 Prints, per op, the median time of each variant, then float32 / bfloat16 time per layout
 (the throughput ratio; 2.0 would be the bytes ratio) and channels_last / NCHW time per
@@ -31,12 +32,23 @@ DTYPES = (torch.float32, torch.bfloat16)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=60, help="timed calls per variant (default 60)")
+    parser.add_argument("--shape", default="8x256x56x56", help="N x C x H x W of the map (default 8x256x56x56)")
+    parser.add_argument("--op", default="gct,se", help="comma list of gct, se (default both)")
     args = parser.parse_args()
+    try:
+        shape = tuple(int(v) for v in args.shape.lower().split("x"))
+    except ValueError:
+        parser.error(f"--shape: expected N x C x H x W such as 8x256x56x56, got {args.shape!r}")
+    if len(shape) != 4 or min(shape) < 1:
+        parser.error(f"--shape: expected four positive sizes N x C x H x W, got {args.shape!r}")
+    ops = args.op.split(",")
+    if not ops or any(op not in ("gct", "se") for op in ops):
+        parser.error(f"--op: expected a comma list of gct, se, got {args.op!r}")
     _stable_allocator()
     fl = CacheFlush(True)
     print(f"threads {torch.get_num_threads()}, caches evicted before each call, median of {args.reps}")
-    for op in ("gct", "se"):
-        case = Case(op, "resnet50.layer1", (8, 256, 56, 56), rd=16)
+    for op in ops:
+        case = Case(op, args.shape, shape, rd=16)
         base = torch.randn(case.shape, generator=torch.Generator().manual_seed(0))
         fns = {}
         for dt in DTYPES:
