@@ -307,7 +307,9 @@ constexpr int64_t kTileElems = 16384;
 // Largest per-sample working set (inputs of the reduce plus the head's data) that a
 // thread processes on its own, out of its L2: 3/4 of the L2 of a core as the C library
 // reports it, and at least 640 KB, the fixed budget the AMD machines ran with before (a
-// 512 KB L2 keeps it; a 1 MB L2 now gets 768 KB, not measured there). On an Intel Xeon VM
+// 512 KB L2 keeps it; a 1 MB L2 gets 768 KB: on a Zen 4 VM GCT forward on 8x900x14x14
+// float32, samples of 705 KB, ran at 1.49-1.62x a copy as whole samples against 1.50-1.73x
+// in chunks shared by the threads, caches evicted, three interleaved pairs). On an Intel Xeon VM
 // (2 MB L2, an L3 that re-reads at about DRAM speed) whole samples of 784 KB-1.3 MB ran 4-5%
 // faster with caches evicted and 14-18% faster in cache (gct/se 8x1024x14x14 float32
 // forward; interleaved A/B runs).
@@ -515,6 +517,9 @@ constexpr bool kMaskedSteps = false;
 // 2.3-2.4x, float16 GCT 7x7 at 3.2-3.35x against 2.75-2.85x, bfloat16 SE 7x7 at 3.8x
 // against 3.4-3.5x, and forward+backward 7x7 / 14x14 at 7.1x / 6.3-6.7x against 6.7x / 6.0x;
 // float32 measured the same either way there (the flat kernels were tuned for it on Zen 5).
+// Zen 4 VM, the same way: bfloat16 GCT forward 8x2048x7x7 0.52-0.56 ms against 0.69-0.73 ms
+// flat, 8x1024x14x14 0.71-0.92 against 0.97-1.01 ms; masked instead of overlapping tails on
+// the grouped kernels made no difference beyond noise.
 template <typename scalar_t>
 constexpr bool kFlatShortRows = kMaskedSteps && sizeof(scalar_t) >= 4;  // rows up to kShortRow
 
