@@ -810,9 +810,10 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
       // prefetch past the tensor never faults.
       if constexpr (kFull) {
         for (size_t k = 0; k < NR; ++k) __builtin_prefetch(rows[g][k] + c + kCRowPrefetchGroups * G * row_stride[k]);
+        reduce_step<scalar_t, NR>(rows[g], c, map, acc);
+      } else {
+        reduce_step<scalar_t, NR>(rows[g], c, map, acc, count);
       }
-      if constexpr (kFull) reduce_step<scalar_t, NR>(rows[g], c, map, acc);
-      else reduce_step<scalar_t, NR>(rows[g], c, map, acc, count);
     }
     L::store_sums(dst, acc, count);
   };
