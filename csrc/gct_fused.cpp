@@ -10,9 +10,12 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// Importing gct_fused._C runs the static registrations below; the module itself is empty.
+#include "python_calls.h"
+
+// Importing gct_fused._C runs the static registrations below; the module's functions are
+// the direct entries of python_calls.cpp.
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, gct_fused::kPythonCalls};
   return PyModule_Create(&module_def);
 }
 

@@ -17,6 +17,41 @@ if not torch.cuda.is_available():
 os.environ.pop("GCT_FUSED_BACKEND", None)
 
 
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The names of the fused forward ops that gct_fused.functional calls ("gct_forward",
+    "se_forward", "se_residual_forward"), through either of its two paths: the direct C++
+    entries (gct_fused._C.gct, ...; recorded when they take the call, i.e. do not return
+    None) and fused_op (torch.ops). Both are patched to record them."""
+    import gct_fused.functional as functional
+
+    calls = []
+    real_op = functional.fused_op
+
+    def recording_op(backend, name):
+        calls.append(name)
+        return real_op(backend, name)
+
+    monkeypatch.setattr(functional, "fused_op", recording_op)
+    direct = functional._DIRECT
+    if direct is not None:
+        class RecordingDirect:
+            def _recorded(self, fn, name):
+                def call(*args):
+                    y = fn(*args)
+                    if y is not None:
+                        calls.append(name)
+                    return y
+                return call
+
+            def __getattr__(self, attr):
+                names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward"}
+                return self._recorded(getattr(direct, attr), names[attr])
+
+        monkeypatch.setattr(functional, "_DIRECT", RecordingDirect())
+    return calls
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `large` need several GB of RAM: they run only when asked for (-m large)."""
     if "large" in (config.getoption("-m") or ""):

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 import gct_fused
-import gct_fused.functional
 from gct_fused import dropin
 from gct_fused.convert import ConversionRecord
 from published import OfficialGCT
@@ -86,19 +85,6 @@ def assert_same_model(original, converted, x, modes=("eval", "train")):
 
 def _count(model, type_names):
     return sum(dropin.type_name(m) in type_names for m in model.modules())
-
-
-@pytest.fixture
-def fused_calls(monkeypatch):
-    calls = []
-    real = gct_fused.functional.fused_op
-
-    def recording(backend, name):
-        calls.append(name)
-        return real(backend, name)
-
-    monkeypatch.setattr(gct_fused.functional, "fused_op", recording)
-    return calls
 
 
 def _check_converted(build, dtype, shape, se_types, fused_calls, expected_ops):

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import gct_fused
-import gct_fused.functional
 from gct_fused import dropin
 from gct_fused.dropin import UnfusableError
 from helpers import FORWARD_TOL, assert_close, grad_tol, make_map
@@ -81,20 +80,6 @@ def _pair(package, case):
     ours = make_ours()
     ours.load_state_dict(original.state_dict())  # strict: the same keys and shapes
     return original, ours
-
-
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """The names of the fused ops called (gct_fused.functional.fused_op is patched to record them)."""
-    calls = []
-    real = gct_fused.functional.fused_op
-
-    def recording(backend, name):
-        calls.append(name)
-        return real(backend, name)
-
-    monkeypatch.setattr(gct_fused.functional, "fused_op", recording)
-    return calls
 
 
 def _forward_backward(module, x, dy):

@@ -1,0 +1,242 @@
+// Direct Python entries for the common call of the three forward ops: gct_fused._C.gct,
+// squeeze_excite and se_residual. gct_fused.functional tries them first and takes the
+// full Python path (argument checks with their messages, backend resolution,
+// torch.ops.gct_fused.*) whenever one returns None.
+//
+// Why: with the caches cold, as in a network where the layers before evicted them, the
+// Python layers of a call (the argument checks, backend resolution, the OpOverload's
+// argument matching against the schema) cost ~100 us on our 2-core CPUs, as much as the
+// whole kernel on a 7x7 map. These entries do the same checks on the C++ objects, without
+// creating a Python object per attribute (x.shape, x.device, ...), and call the op through
+// the dispatcher, so autograd, autocast, vmap and dispatch modes see the same op as before.
+//
+// They answer None (never raise for a bad argument) unless every one of these holds:
+//  * the tensors are plain torch.Tensor or nn.Parameter objects (a subclass may override
+//    __torch_function__), and no torch function mode is active;
+//  * nothing is being traced by torch.jit (torch.onnx.export traces the published formulas
+//    instead, gct_fused.functional._backend_for);
+//  * the backend asked for is "auto" or "cpu", x is a CPU tensor, and GCT_FUSED_BACKEND is
+//    unset, empty, "auto" or "cpu" (any other value is resolved by the Python path);
+//  * the arguments pass the checks of gct_fused._validate (same conditions, same order of
+//    concern): anything else goes back to Python, which raises the error that names it.
+// Errors the kernels themselves raise propagate as the same Python exceptions as through
+// torch.ops. torch.compile never reaches here: functional skips these entries while Dynamo
+// traces, and records torch.ops.gct_fused.* in the graph.
+#include "python_calls.h"
+
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <tuple>
+
+namespace gct_fused {
+namespace {
+
+using at::Tensor;
+
+bool is_floating(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// Parameters mix with x as gct_fused._validate.check_parameter allows: x's dtype, or
+// float32 parameters with a float16/bfloat16 x.
+bool mixes_with(at::ScalarType param, at::ScalarType x) {
+  return param == x || (param == at::kFloat && (x == at::kHalf || x == at::kBFloat16));
+}
+
+// A plain tensor argument (torch.Tensor or nn.Parameter, not a subclass), or nullptr.
+const Tensor* plain_tensor(PyObject* obj) {
+  return THPVariable_CheckExact(obj) ? &THPVariable_Unpack(obj) : nullptr;
+}
+
+// Conditions that hold for the whole call, whatever its arguments.
+bool plain_call_context(PyObject* backend) {
+  if (!PyUnicode_CheckExact(backend) || (PyUnicode_CompareWithASCIIString(backend, "auto") != 0 &&
+                                         PyUnicode_CompareWithASCIIString(backend, "cpu") != 0)) {
+    return false;
+  }
+  if (at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) return false;
+  // Python's os.environ writes through to the C environment, so this sees run-time changes.
+  const char* override_backend = std::getenv("GCT_FUSED_BACKEND");
+  return override_backend == nullptr || override_backend[0] == '\0' ||
+         std::strcmp(override_backend, "auto") == 0 || std::strcmp(override_backend, "cpu") == 0;
+}
+
+// The string argument as a view if it is a str equal to one of `choices`.
+template <size_t K>
+std::optional<c10::string_view> choice(PyObject* obj, const char* const (&choices)[K]) {
+  if (!PyUnicode_CheckExact(obj)) return std::nullopt;
+  for (const char* c : choices) {
+    if (PyUnicode_CompareWithASCIIString(obj, c) == 0) return c10::string_view(c);
+  }
+  return std::nullopt;
+}
+
+// x: a CPU floating tensor of rank >= 2.
+bool plain_feature_map(const Tensor* x) {
+  return x != nullptr && x->device().is_cpu() && x->dim() >= 2 && is_floating(x->scalar_type());
+}
+
+// A parameter on x's device whose dtype is `dtype` (the first parameter's), mixing with x's.
+bool plain_parameter(const Tensor* p, const Tensor& x, at::ScalarType dtype) {
+  return p != nullptr && p->device() == x.device() && p->scalar_type() == dtype &&
+         mixes_with(dtype, x.scalar_type());
+}
+
+// An optional bias: None, or a parameter of shape (size,).
+bool plain_bias(PyObject* obj, const Tensor& x, at::ScalarType dtype, int64_t size, std::optional<Tensor>& out) {
+  if (obj == Py_None) return true;
+  const Tensor* b = plain_tensor(obj);
+  if (!plain_parameter(b, x, dtype) || b->dim() != 1 || b->size(0) != size) return false;
+  out = *b;
+  return true;
+}
+
+PyObject* none() { Py_RETURN_NONE; }
+
+// Calls `op` without the GIL (as torch.ops does) and returns its first output.
+template <typename Sig, typename... Args>
+PyObject* call_first_output(const c10::TypedOperatorHandle<Sig>& op, const Args&... args) {
+  Tensor y;
+  {
+    pybind11::gil_scoped_release no_gil;
+    y = std::get<0>(op.call(args...));
+  }
+  return THPVariable_Wrap(std::move(y));
+}
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> library_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+const char* const kGctModes[] = {"l2", "l1"};
+const char* const kActivations[] = {"relu", "silu"};
+const char* const kGates[] = {"sigmoid", "hardsigmoid"};
+const char* const kActivationsAfter[] = {"relu", "none"};
+
+// gct(x, alpha, gamma, beta, epsilon, mode, after_relu, backend) -> y or None
+PyObject* gct_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 8 || !plain_call_context(args[7])) return none();
+  const Tensor* x = plain_tensor(args[0]);
+  if (!plain_feature_map(x)) return none();
+  const Tensor* alpha = plain_tensor(args[1]);
+  if (alpha == nullptr) return none();
+  const int64_t channels = x->size(1);
+  for (PyObject* obj : {args[1], args[2], args[3]}) {
+    const Tensor* p = plain_tensor(obj);
+    if (!plain_parameter(p, *x, alpha->scalar_type()) || p->numel() != channels) return none();
+  }
+  // epsilon: an int or float (not a bool), >= 0 and not NaN.
+  double epsilon = 0;
+  if (PyFloat_CheckExact(args[4])) {
+    epsilon = PyFloat_AS_DOUBLE(args[4]);
+  } else if (PyLong_CheckExact(args[4])) {
+    epsilon = PyLong_AsDouble(args[4]);
+    if (epsilon == -1.0 && PyErr_Occurred()) {  // too large for a double: Python explains
+      PyErr_Clear();
+      return none();
+    }
+  } else {
+    return none();
+  }
+  if (!(epsilon >= 0)) return none();
+  const auto mode = choice(args[5], kGctModes);
+  if (!mode || !PyBool_Check(args[6])) return none();
+  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
+                                         c10::string_view, bool);
+  static const auto op = library_op<Sig>("gct_fused::gct_forward");
+  return call_first_output(op, *x, THPVariable_Unpack(args[1]),
+                           THPVariable_Unpack(args[2]), THPVariable_Unpack(args[3]), epsilon, *mode,
+                           args[6] == Py_True);
+  END_HANDLE_TH_ERRORS
+}
+
+// The SE weights of a call on x: w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None.
+struct SeWeights {
+  const Tensor* w1 = nullptr;
+  const Tensor* w2 = nullptr;
+  std::optional<Tensor> b1, b2;
+
+  bool parse(const Tensor& x, PyObject* const* args) {
+    w1 = plain_tensor(args[0]);
+    w2 = plain_tensor(args[2]);
+    if (w1 == nullptr || w2 == nullptr) return false;
+    const at::ScalarType dtype = w1->scalar_type();
+    const int64_t channels = x.size(1);
+    if (!plain_parameter(w1, x, dtype) || !plain_parameter(w2, x, dtype) || w1->dim() != 2 || w2->dim() != 2 ||
+        w1->size(1) != channels || w2->size(0) != channels || w2->size(1) != w1->size(0)) {
+      return false;
+    }
+    return plain_bias(args[1], x, dtype, w1->size(0), b1) && plain_bias(args[3], x, dtype, channels, b2);
+  }
+};
+
+// squeeze_excite(x, w1, b1, w2, b2, activation, gate, backend) -> y or None
+PyObject* squeeze_excite_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 8 || !plain_call_context(args[7])) return none();
+  const Tensor* x = plain_tensor(args[0]);
+  SeWeights w;
+  if (!plain_feature_map(x) || !w.parse(*x, args + 1)) return none();
+  const auto activation = choice(args[5], kActivations);
+  const auto gate = choice(args[6], kGates);
+  if (!activation || !gate) return none();
+  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+                                         const std::optional<Tensor>&, c10::string_view, c10::string_view);
+  static const auto op = library_op<Sig>("gct_fused::se_forward");
+  return call_first_output(op, *x, *w.w1, w.b1, *w.w2, w.b2, *activation,
+                           *gate);
+  END_HANDLE_TH_ERRORS
+}
+
+// se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after, backend)
+// -> y or None
+PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 10 || !plain_call_context(args[9])) return none();
+  const Tensor* x = plain_tensor(args[0]);
+  const Tensor* identity = plain_tensor(args[1]);
+  SeWeights w;
+  if (!plain_feature_map(x) || identity == nullptr || identity->sizes() != x->sizes() ||
+      identity->device() != x->device() || identity->scalar_type() != x->scalar_type() || !w.parse(*x, args + 2)) {
+    return none();
+  }
+  const auto activation = choice(args[6], kActivations);
+  const auto gate = choice(args[7], kGates);
+  const auto after = choice(args[8], kActivationsAfter);
+  if (!activation || !gate || !after) return none();
+  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                         const Tensor&, const std::optional<Tensor>&, c10::string_view,
+                                         c10::string_view, c10::string_view);
+  static const auto op = library_op<Sig>("gct_fused::se_residual_forward");
+  return call_first_output(op, *x, *identity, *w.w1, w.b1, *w.w2,
+                           w.b2, *activation, *gate, *after);
+  END_HANDLE_TH_ERRORS
+}
+
+}  // namespace
+
+PyMethodDef kPythonCalls[] = {
+    {"gct", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gct_call)), METH_FASTCALL,
+     "gct(x, alpha, gamma, beta, epsilon, mode, after_relu, backend): y, or None where the full "
+     "Python path must take the call (see csrc/python_calls.cpp)."},
+    {"squeeze_excite", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_call)),
+     METH_FASTCALL,
+     "squeeze_excite(x, w1, b1, w2, b2, activation, gate, backend): y, or None where the full "
+     "Python path must take the call."},
+    {"se_residual", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_residual_call)), METH_FASTCALL,
+     "se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after, backend): y, "
+     "or None where the full Python path must take the call."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace gct_fused

@@ -1,0 +1,296 @@
+"""The direct C++ entries of the forward ops (gct_fused._C.gct, squeeze_excite, se_residual;
+csrc/python_calls.cpp), which gct_fused.functional tries before its Python path.
+
+They must (1) take the common call and give bit for bit what the Python path (torch.ops)
+gives, gradients included; (2) hand every other call back (return None) so that the
+Python path validates it, resolves the backend and raises its errors; (3) keep what goes
+through the dispatcher visible to dispatch modes, and leave torch.function modes,
+subclasses, tracing and the GCT_FUSED_BACKEND override to the Python path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gct_fused
+import gct_fused.functional as functional
+from helpers import make_gct_params, make_map, make_se_params
+
+pytestmark = pytest.mark.skipif(functional._DIRECT is None, reason="gct_fused._C is not built")
+DIRECT = functional._DIRECT
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+LAYOUTS = ["nchw", "channels_last", "strided"]
+SHAPE = (3, 12, 5, 6)
+
+
+def _param_dtype(dtype, mixed):
+    return torch.float32 if mixed else dtype
+
+
+def _gct_args(dtype, layout, mixed=False, grad=False):
+    x = make_map(SHAPE, dtype, "cpu", layout).requires_grad_(grad)
+    params = [p.requires_grad_(grad) for p in make_gct_params(SHAPE[1], _param_dtype(dtype, mixed), "cpu")]
+    return x, params
+
+
+def _se_args(dtype, layout, mixed=False, grad=False, bias=True):
+    x = make_map(SHAPE, dtype, "cpu", layout).requires_grad_(grad)
+    params = [p if p is None else p.requires_grad_(grad)
+              for p in make_se_params(SHAPE[1], 4, _param_dtype(dtype, mixed), "cpu", bias=bias)]
+    return x, params
+
+
+def _through_python(fn, *args, **kwargs):
+    """fn with the direct entries switched off: the Python path (validation, torch.ops)."""
+    saved = functional._DIRECT
+    functional._DIRECT = None
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        functional._DIRECT = saved
+
+
+def _forward_and_grads(fn, tensors, dy):
+    for t in tensors:
+        t.grad = None
+    y = fn()
+    y.backward(dy)
+    return [y.detach()] + [t.grad for t in tensors]
+
+
+def _assert_identical(a, b, what):
+    assert len(a) == len(b)
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), f"{what} [{i}]"
+        assert torch.equal(u, v), f"{what} [{i}]"
+
+
+# ------------------------------------------------------------------ the common call is taken
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mixed", [False, True], ids=["same-dtype", "fp32-params"])
+def test_gct_direct_equals_python_path(dtype, layout, mixed):
+    if mixed and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("float32 parameters mix with float16/bfloat16 maps only")
+    x, (alpha, gamma, beta) = _gct_args(dtype, layout, mixed, grad=True)
+    for mode, after_relu, eps in (("l2", False, 1e-5), ("l1", False, 0), ("l1", True, 1e-3)):
+        assert DIRECT.gct(x, alpha, gamma, beta, eps, mode, after_relu, "auto") is not None
+
+        def run():
+            return gct_fused.gct(x, alpha, gamma, beta, eps, mode, after_relu)
+        dy = make_map(SHAPE, dtype, "cpu", seed=7)
+        leaves = [x, alpha, gamma, beta]
+        _assert_identical(_forward_and_grads(run, leaves, dy),
+                          _through_python(_forward_and_grads, run, leaves, dy), f"gct {mode} {after_relu}")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_se_direct_equals_python_path(dtype, layout, bias):
+    x, (w1, b1, w2, b2) = _se_args(dtype, layout, grad=True, bias=bias)
+    identity = make_map(SHAPE, dtype, "cpu", layout, seed=9).requires_grad_()
+    dy = make_map(SHAPE, dtype, "cpu", seed=7)
+    leaves = [t for t in (x, w1, b1, w2, b2) if t is not None]
+    for activation, gate in (("relu", "sigmoid"), ("silu", "hardsigmoid")):
+        assert DIRECT.squeeze_excite(x, w1, b1, w2, b2, activation, gate, "cpu") is not None
+
+        def se():
+            return gct_fused.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
+        _assert_identical(_forward_and_grads(se, leaves, dy), _through_python(_forward_and_grads, se, leaves, dy),
+                          f"se {activation} {gate}")
+        for after in ("relu", "none"):
+            assert DIRECT.se_residual(x, identity, w1, b1, w2, b2, activation, gate, after, "auto") is not None
+
+            def residual():
+                return gct_fused.se_residual(x, identity, w1, b1, w2, b2, activation, gate, after)
+            _assert_identical(_forward_and_grads(residual, leaves + [identity], dy),
+                              _through_python(_forward_and_grads, residual, leaves + [identity], dy),
+                              f"se_residual {activation} {gate} {after}")
+
+
+def test_modules_take_the_direct_entries(fused_calls):
+    x = make_map(SHAPE, torch.float32, "cpu")
+    gct_fused.GCT(SHAPE[1])(x)
+    gct_fused.SqueezeExcite(SHAPE[1], 4)(x)
+    assert fused_calls == ["gct_forward", "se_forward"]
+    functional.fused_op("cpu", "gct_forward")  # the recorder also sees the Python path
+    assert fused_calls[-1] == "gct_forward"
+
+
+def test_parameters_and_no_grad():
+    """nn.Parameter counts as a plain tensor; without grad mode no graph is recorded."""
+    module = gct_fused.GCT(SHAPE[1])
+    x = make_map(SHAPE, torch.float32, "cpu")
+    assert DIRECT.gct(x, module.alpha, module.gamma, module.beta, 1e-5, "l2", False, "auto").grad_fn is not None
+    with torch.no_grad():
+        y = DIRECT.gct(x, module.alpha, module.gamma, module.beta, 1e-5, "l2", False, "auto")
+    assert y.grad_fn is None and not y.requires_grad
+    assert torch.equal(y, x)  # the published init is the identity
+
+
+# ------------------------------------------------------------- every other call is handed back
+
+def _gct_call(**change):
+    x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+    args = dict(x=x, alpha=alpha, gamma=gamma, beta=beta, epsilon=1e-5, mode="l2", after_relu=False, backend="auto")
+    args.update(change)
+    return DIRECT.gct(*args.values())
+
+
+class _Sub(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("change", [
+    dict(backend="reference"), dict(backend="triton"), dict(backend="cuda"), dict(backend="AUTO"), dict(backend=None),
+    dict(x=torch.zeros(3, 12, 5, 6).as_subclass(_Sub)), dict(alpha=torch.ones(12).as_subclass(_Sub)),
+    dict(x=torch.zeros(3, 12, 5, 6, device="meta")), dict(x=torch.zeros(12)), dict(x=torch.zeros(3, 12, dtype=torch.int32)),
+    dict(x=[[1.0]]), dict(alpha=1.0), dict(alpha=torch.ones(11)), dict(gamma=torch.ones(12, dtype=torch.float64)),
+    dict(beta=torch.ones(12, device="meta")), dict(epsilon=-1e-5), dict(epsilon=float("nan")), dict(epsilon=True),
+    dict(epsilon="1e-5"), dict(epsilon=10 ** 400), dict(mode="l3"), dict(mode=b"l2"), dict(after_relu=1),
+    dict(after_relu=None),
+], ids=lambda c: "-".join(f"{k}={v!r}"[:40] for k, v in c.items()))
+def test_gct_hands_back(change):
+    assert _gct_call(**change) is None
+
+
+def test_gct_float16_params_with_float32_map_handed_back():
+    x = make_map(SHAPE, torch.bfloat16, "cpu")
+    half_params = [p.half() for p in make_gct_params(SHAPE[1], torch.float32, "cpu")]
+    assert DIRECT.gct(x, *half_params, 1e-5, "l2", False, "auto") is None  # float16 params, bfloat16 map
+
+
+def _se_call(**change):
+    x, (w1, b1, w2, b2) = _se_args(torch.float32, "nchw")
+    args = dict(x=x, w1=w1, b1=b1, w2=w2, b2=b2, activation="relu", gate="sigmoid", backend="auto")
+    args.update(change)
+    return DIRECT.squeeze_excite(*args.values())
+
+
+@pytest.mark.parametrize("change", [
+    dict(backend="reference"), dict(x=torch.zeros(3, 12, 5, 6).as_subclass(_Sub)), dict(x=torch.zeros(3, 12, 2, device="meta")),
+    dict(w1=torch.zeros(4, 11)), dict(w1=torch.zeros(4, 12, 1)), dict(w2=torch.zeros(12, 5)), dict(w2=torch.zeros(11, 4)),
+    dict(w2=torch.zeros(12, 4, dtype=torch.float64)), dict(b1=torch.zeros(5)), dict(b1=torch.zeros(1, 4)),
+    dict(b2=torch.zeros(12, dtype=torch.float64)), dict(b2=torch.zeros(12).as_subclass(_Sub)), dict(b2=0.0),
+    dict(activation="gelu"), dict(gate="tanh"), dict(activation=None),
+], ids=lambda c: "-".join(f"{k}={v!r}"[:40] for k, v in c.items()))
+def test_se_hands_back(change):
+    assert _se_call(**change) is None
+
+
+@pytest.mark.parametrize("change", [
+    dict(identity=torch.zeros(3, 12, 5, 5)), dict(identity=torch.zeros(3, 12, 5, 6, dtype=torch.float64)),
+    dict(identity=torch.zeros(3, 12, 5, 6).as_subclass(_Sub)), dict(identity=None), dict(activation_after="gelu"),
+    dict(backend="reference"),
+], ids=lambda c: "-".join(f"{k}={v!r}"[:40] for k, v in c.items()))
+def test_se_residual_hands_back(change):
+    x, (w1, b1, w2, b2) = _se_args(torch.float32, "nchw")
+    args = dict(x=x, identity=torch.zeros(SHAPE), w1=w1, b1=b1, w2=w2, b2=b2, activation="relu", gate="sigmoid",
+                activation_after="relu", backend="auto")
+    assert DIRECT.se_residual(*args.values()) is not None
+    args.update(change)
+    assert DIRECT.se_residual(*args.values()) is None
+
+
+def test_wrong_number_of_arguments_handed_back():
+    x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+    assert DIRECT.gct(x, alpha, gamma, beta, 1e-5, "l2", False) is None
+    assert DIRECT.squeeze_excite() is None
+    assert DIRECT.se_residual(x) is None
+
+
+@pytest.mark.parametrize("value,taken", [(None, True), ("", True), ("auto", True), ("cpu", True),
+                                         ("reference", False), (" cpu", False)])
+def test_backend_override_read_at_call_time(monkeypatch, value, taken):
+    """GCT_FUSED_BACKEND set while the program runs: anything but auto/cpu goes to Python,
+    which resolves it (" cpu" too, which it strips)."""
+    if value is None:
+        monkeypatch.delenv("GCT_FUSED_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("GCT_FUSED_BACKEND", value)
+    assert (_gct_call() is not None) == taken
+
+
+def test_backend_override_reference_runs_the_reference(monkeypatch, fused_calls):
+    x, (alpha, gamma, beta) = _gct_args(torch.float64, "nchw")
+    expected = gct_fused.reference.gct(x, alpha, gamma, beta, 1e-5, "l2", False)
+    monkeypatch.setenv("GCT_FUSED_BACKEND", "reference")
+    y = gct_fused.gct(x, alpha, gamma, beta)
+    assert fused_calls == [] and torch.equal(y, expected)
+
+
+def test_bad_arguments_still_raise_the_python_errors():
+    x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+    with pytest.raises(ValueError, match=r"gct: alpha must hold 12 values"):
+        gct_fused.gct(x, alpha[:11], gamma, beta)
+    with pytest.raises(ValueError, match=r"gct: mode must be one of"):
+        gct_fused.gct(x, alpha, gamma, beta, mode="l3")
+    with pytest.raises(TypeError, match=r"gct: after_relu must be a bool"):
+        gct_fused.gct(x, alpha, gamma, beta, after_relu=1)
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        gct_fused.gct(x, alpha, gamma, beta, backend="fast")
+
+
+# ------------------------------------------------ modes, subclasses and tracing see the same op
+
+def test_torch_function_mode_handed_back():
+    seen = []
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        assert _gct_call() is None
+        x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+        gct_fused.gct(x, alpha, gamma, beta)
+    assert any("gct_forward" in str(f) for f in seen)
+
+
+def test_dispatch_mode_sees_the_op_of_the_direct_entry():
+    seen = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw", grad=True)
+    with Recorder():
+        y = DIRECT.gct(x, alpha, gamma, beta, 1e-5, "l2", False, "auto")
+        y.sum().backward()
+    assert "gct_fused.gct_forward.default" in seen and "gct_fused.gct_backward.default" in seen
+
+
+def test_jit_trace_handed_back():
+    x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+    results = []
+
+    def fn(x):
+        results.append(DIRECT.gct(x, alpha, gamma, beta, 1e-5, "l2", False, "auto"))
+        return x * 2
+
+    torch.jit.trace(fn, (x,), check_trace=False)
+    assert results == [None]
+
+
+def test_kernel_errors_propagate_as_python_exceptions():
+    """A failure inside the op (here: inference-mode tensors saved for backward) comes back
+    as the exception torch.ops would raise, not as a crash or a None."""
+    with torch.inference_mode():
+        x, (alpha, gamma, beta) = _gct_args(torch.float32, "nchw")
+    alpha.requires_grad_(False)
+    with pytest.raises(RuntimeError) as direct_error:
+        DIRECT.gct(x, alpha.clone().requires_grad_(), gamma, beta, 1e-5, "l2", False, "auto").sum().backward()
+    with pytest.raises(RuntimeError) as python_error:
+        torch.ops.gct_fused.gct_forward(x, alpha.clone().requires_grad_(), gamma, beta, 1e-5, "l2",
+                                        False)[0].sum().backward()
+    assert type(direct_error.value) is type(python_error.value)
+    assert str(direct_error.value) == str(python_error.value)
