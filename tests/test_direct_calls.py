@@ -294,3 +294,21 @@ def test_kernel_errors_propagate_as_python_exceptions():
                                         False)[0].sum().backward()
     assert type(direct_error.value) is type(python_error.value)
     assert str(direct_error.value) == str(python_error.value)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+@pytest.mark.parametrize("path", ["direct", "python"])
+def test_vmap_over_a_batch_of_maps(path):
+    """torch.vmap reaches the op through PyTorch's per-sample fallback, on either path."""
+    maps = make_map((3, 2, 12, 4, 5), torch.float64, "cpu")
+    alpha, gamma, beta = make_gct_params(12, torch.float64, "cpu")
+    w1, b1, w2, b2 = make_se_params(12, 4, torch.float64, "cpu")
+
+    def both(x):
+        return gct_fused.gct(x, alpha, gamma, beta), gct_fused.squeeze_excite(x, w1, b1, w2, b2)
+    run = (lambda: torch.vmap(both)(maps)) if path == "direct" else (lambda: _through_python(torch.vmap(both), maps))
+    y_gct, y_se = run()
+    ref_gct = torch.stack([gct_fused.reference.gct(x, alpha, gamma, beta, 1e-5, "l2", False) for x in maps])
+    ref_se = torch.stack([gct_fused.reference.squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid") for x in maps])
+    torch.testing.assert_close(y_gct, ref_gct, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y_se, ref_se, rtol=1e-12, atol=1e-12)
