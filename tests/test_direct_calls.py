@@ -312,3 +312,18 @@ def test_vmap_over_a_batch_of_maps(path):
     ref_se = torch.stack([gct_fused.reference.squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid") for x in maps])
     torch.testing.assert_close(y_gct, ref_gct, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(y_se, ref_se, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_mode(fused_calls):
+    """Serving code runs under torch.inference_mode(): the direct entries take those calls,
+    record no graph, and give what the Python path gives."""
+    x = make_map(SHAPE, torch.float32, "cpu", "channels_last")
+    gct, se = gct_fused.GCT(SHAPE[1]), gct_fused.SqueezeExcite(SHAPE[1], 4)
+    with torch.no_grad():
+        gct.gamma.normal_()
+    with torch.inference_mode():
+        y = se(gct(x))
+        y_python = _through_python(lambda: se(gct(x)))
+    assert fused_calls == ["gct_forward", "se_forward", "gct_forward", "se_forward"]
+    assert y.is_inference() and y.grad_fn is None and torch.equal(y, y_python)
+    assert y.is_contiguous(memory_format=torch.channels_last)
