@@ -23,56 +23,14 @@
 #include <type_traits>
 #include <utility>
 
+#include "library_ops.h"
+
 namespace gct_fused {
 namespace {
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// The op `name` of this library, called through the dispatcher (so the backend of the
-// tensors picks the kernel).
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> library_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-using GctForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                 double, c10::string_view, bool);
-using GctBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                                   const Tensor&, const Tensor&, const Tensor&,
-                                                                   double, c10::string_view, bool);
-using SeForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                const Tensor&, const std::optional<Tensor>&, c10::string_view,
-                                                c10::string_view);
-using SeBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, c10::string_view, c10::string_view);
-using SeResidualForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                        const std::optional<Tensor>&, const Tensor&,
-                                                        const std::optional<Tensor>&, c10::string_view,
-                                                        c10::string_view, c10::string_view);
-using SeResidualBackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
-    const std::optional<Tensor>&, const Tensor&, c10::string_view, c10::string_view);
-
-// The forward ops, looked up once.
-const c10::TypedOperatorHandle<GctForwardSig>& gct_forward_op() {
-  static const auto op = library_op<GctForwardSig>("gct_fused::gct_forward");
-  return op;
-}
-const c10::TypedOperatorHandle<SeForwardSig>& se_forward_op() {
-  static const auto op = library_op<SeForwardSig>("gct_fused::se_forward");
-  return op;
-}
-const c10::TypedOperatorHandle<SeResidualForwardSig>& se_residual_forward_op() {
-  static const auto op = library_op<SeResidualForwardSig>("gct_fused::se_residual_forward");
-  return op;
-}
-const c10::TypedOperatorHandle<SeBackwardSig>& se_backward_op() {  // also se_residual's without relu
-  static const auto op = library_op<SeBackwardSig>("gct_fused::se_backward");
-  return op;
-}
 
 // The backend's kernel of `op` (CPU, CUDA, Meta, ...): the dispatch below this key.
 template <typename Sig, typename... Args>
@@ -157,7 +115,7 @@ class GctFunction : public torch::autograd::Function<GctFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = library_op<GctBackwardSig>("gct_fused::gct_backward");
+    const auto& op = gct_backward_op();
     const auto saved = ctx->get_saved_variables();
     const std::string mode = ctx->saved_data["mode"].toStringRef();
     return first_order_only(grads, saved, [&]() -> variable_list {
@@ -215,7 +173,7 @@ class SeResidualFunction : public torch::autograd::Function<SeResidualFunction> 
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto residual_op = library_op<SeResidualBackwardSig>("gct_fused::se_residual_backward");
+    const auto& residual_op = se_residual_backward_op();
     const auto s = ctx->get_saved_variables();  // x, y, w1, b1, w2, b2, pooled
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const std::string gate = ctx->saved_data["gate"].toStringRef();

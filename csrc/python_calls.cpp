@@ -25,7 +25,6 @@
 #include "python_calls.h"
 
 #include <ATen/PythonTorchFunctionTLS.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -35,6 +34,8 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+
+#include "library_ops.h"
 
 namespace gct_fused {
 namespace {
@@ -112,11 +113,6 @@ PyObject* call_first_output(const c10::TypedOperatorHandle<Sig>& op, const Args&
   return THPVariable_Wrap(std::move(y));
 }
 
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> library_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
 const char* const kGctModes[] = {"l2", "l1"};
 const char* const kActivations[] = {"relu", "silu"};
 const char* const kGates[] = {"sigmoid", "hardsigmoid"};
@@ -151,12 +147,8 @@ PyObject* gct_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (!(epsilon >= 0)) return none();
   const auto mode = choice(args[5], kGctModes);
   if (!mode || !PyBool_Check(args[6])) return none();
-  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
-                                         c10::string_view, bool);
-  static const auto op = library_op<Sig>("gct_fused::gct_forward");
-  return call_first_output(op, *x, THPVariable_Unpack(args[1]),
-                           THPVariable_Unpack(args[2]), THPVariable_Unpack(args[3]), epsilon, *mode,
-                           args[6] == Py_True);
+  return call_first_output(gct_forward_op(), *x, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+                           THPVariable_Unpack(args[3]), epsilon, *mode, args[6] == Py_True);
   END_HANDLE_TH_ERRORS
 }
 
@@ -190,11 +182,7 @@ PyObject* squeeze_excite_call(PyObject*, PyObject* const* args, Py_ssize_t nargs
   const auto activation = choice(args[5], kActivations);
   const auto gate = choice(args[6], kGates);
   if (!activation || !gate) return none();
-  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
-                                         const std::optional<Tensor>&, c10::string_view, c10::string_view);
-  static const auto op = library_op<Sig>("gct_fused::se_forward");
-  return call_first_output(op, *x, *w.w1, w.b1, *w.w2, w.b2, *activation,
-                           *gate);
+  return call_first_output(se_forward_op(), *x, *w.w1, w.b1, *w.w2, w.b2, *activation, *gate);
   END_HANDLE_TH_ERRORS
 }
 
@@ -214,12 +202,8 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const auto gate = choice(args[7], kGates);
   const auto after = choice(args[8], kActivationsAfter);
   if (!activation || !gate || !after) return none();
-  using Sig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                         const Tensor&, const std::optional<Tensor>&, c10::string_view,
-                                         c10::string_view, c10::string_view);
-  static const auto op = library_op<Sig>("gct_fused::se_residual_forward");
-  return call_first_output(op, *x, *identity, *w.w1, w.b1, *w.w2,
-                           w.b2, *activation, *gate, *after);
+  return call_first_output(se_residual_forward_op(), *x, *identity, *w.w1, w.b1, *w.w2, w.b2, *activation,
+                           *gate, *after);
   END_HANDLE_TH_ERRORS
 }
 
