@@ -60,15 +60,25 @@ def test_retain_graph_then_second_backward(backend):
         y.backward(dy)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_saved_tensor_hooks_see_every_saved_tensor(backend):
+def _same_gradients_with(backend, forward_backward):
+    """Runs `forward_backward(block, x, dy)` (a forward and backward of the GCT -> SE ->
+    se_residual block under some autograd feature, returning the output) and checks every
+    gradient against a plain forward and backward. Returns (plain output, that output)."""
     x, gp, sp, dy = _setup(backend)
     leaves = [x] + gp + [p for p in sp if p is not None]
     block = _block(backend, gp, sp)
-    block(x).backward(dy)
+    y_plain = block(x)
+    y_plain.backward(dy)
     expected = _grads(leaves)
     _zero(leaves)
+    y = forward_backward(block, x, dy)
+    for g, e in zip(_grads(leaves), expected):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    return y_plain, y
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_tensor_hooks_see_every_saved_tensor(backend):
     packed, unpacked = [], []
 
     def pack(t):
@@ -79,59 +89,49 @@ def test_saved_tensor_hooks_see_every_saved_tensor(backend):
         unpacked.append(t.shape)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        y = block(x)
-    assert x.shape in packed, "the input map must be saved through the hooks"
-    y.backward(dy)
+    def forward_backward(block, x, dy):
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            y = block(x)
+        assert x.shape in packed, "the input map must be saved through the hooks"
+        y.backward(dy)
+        return y
+
+    _same_gradients_with(backend, forward_backward)
     assert len(unpacked) == len(packed) > 0
-    for g, e in zip(_grads(leaves), expected):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_save_on_cpu(backend):
-    x, gp, sp, dy = _setup(backend)
-    leaves = [x] + gp + [p for p in sp if p is not None]
-    block = _block(backend, gp, sp)
-    block(x).backward(dy)
-    expected = _grads(leaves)
-    _zero(leaves)
-    with torch.autograd.graph.save_on_cpu():
-        y = block(x)
-    y.backward(dy)
-    for g, e in zip(_grads(leaves), expected):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    def forward_backward(block, x, dy):
+        with torch.autograd.graph.save_on_cpu():
+            y = block(x)
+        y.backward(dy)
+        return y
+
+    _same_gradients_with(backend, forward_backward)
 
 
 @pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_activation_checkpointing(backend, use_reentrant):
-    x, gp, sp, dy = _setup(backend)
-    leaves = [x] + gp + [p for p in sp if p is not None]
-    block = _block(backend, gp, sp)
-    y_plain = block(x)
-    y_plain.backward(dy)
-    expected = _grads(leaves)
-    _zero(leaves)
-    y = checkpoint(block, x, use_reentrant=use_reentrant)
+    def forward_backward(block, x, dy):
+        y = checkpoint(block, x, use_reentrant=use_reentrant)
+        y.backward(dy)
+        return y
+
+    y_plain, y = _same_gradients_with(backend, forward_backward)
     assert torch.equal(y, y_plain)
-    y.backward(dy)
-    for g, e in zip(_grads(leaves), expected):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_anomaly_mode(backend):
-    x, gp, sp, dy = _setup(backend)
-    leaves = [x] + gp + [p for p in sp if p is not None]
-    block = _block(backend, gp, sp)
-    block(x).backward(dy)
-    expected = _grads(leaves)
-    _zero(leaves)
-    with torch.autograd.detect_anomaly(check_nan=True):
-        block(x).backward(dy)
-    for g, e in zip(_grads(leaves), expected):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    def forward_backward(block, x, dy):
+        with torch.autograd.detect_anomaly(check_nan=True):
+            y = block(x)
+            y.backward(dy)
+        return y
+
+    _same_gradients_with(backend, forward_backward)
 
 
 @pytest.mark.parametrize("op", ["gct", "squeeze_excite"])
