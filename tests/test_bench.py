@@ -71,3 +71,27 @@ def test_cache_flush_reads_four_llcs_within_bounds(monkeypatch):
         flush = bench.CacheFlush(True)
         assert flush.bytes == expected_mb * 2**20, llc_mb
         flush()  # reads the buffer, returns nothing
+
+
+def _script(name, *args, timeout=600):
+    env = dict(os.environ)
+    env.pop("GCT_FUSED_BACKEND", None)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def test_whole_network_smoke():
+    """benchmarks/whole_network.py on a small torchvision model: it converts the model (the
+    outputs agree, checked inside), times the three variants and prints each."""
+    pytest.importorskip("torchvision", reason="torchvision is not installed")
+    proc = _script("whole_network.py", "--model", "mobilenet_v3_small", "--resolution", "64", "--reps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("mobilenet_v3_small, batch 1, 64x64") and "9 blocks replaced" in lines[0], lines[0]
+    assert [line.strip().split("  ")[0] for line in lines[1:]] == ["original", "converted", "converted, Python path"]
+    assert all(line.endswith("x the original's speed") for line in lines[1:]), lines
+
+
+def test_whole_network_rejects_a_non_positive_count():
+    proc = _script("whole_network.py", "--reps", "0")
+    assert proc.returncode == 2 and "--reps: expected a positive integer, got 0" in proc.stderr
