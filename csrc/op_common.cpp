@@ -31,13 +31,19 @@ Epilogue parse_epilogue(c10::string_view activation_after) {
                     std::string(activation_after), "'");
 }
 
+bool is_kernel_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool dtypes_mix(at::ScalarType param, at::ScalarType x) {
+  return param == x || (param == at::kFloat && (x == at::kHalf || x == at::kBFloat16));
+}
+
 void check_feature_map(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() >= 2, name, " must have shape (N, C, *spatial) with rank >= 2, got shape ",
                     x.sizes());
-  const auto t = x.scalar_type();
-  // Exactly the dtypes every kernel dispatches on (at::isFloatingType also admits float8).
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
-                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", t);
+  TORCH_CHECK_TYPE(is_kernel_dtype(x.scalar_type()), name,
+                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", x.scalar_type());
 }
 
 void check_epsilon(double epsilon) {
@@ -57,10 +63,8 @@ void check_parameter(const at::Tensor& x, const at::Tensor& p, const char* name)
   TORCH_CHECK(p.device() == x.device(), name, " must be on the input's device ", x.device(),
               ", got ", p.device());
   const auto xt = x.scalar_type(), pt = p.scalar_type();
-  const bool mixes = pt == xt ||
-                     (pt == at::kFloat && (xt == at::kHalf || xt == at::kBFloat16));
-  TORCH_CHECK_TYPE(mixes, name, " has dtype ", pt, ", which cannot be used with an input of dtype ", xt,
-                   ": use the input's dtype (or float32 parameters with a float16/bfloat16 input)");
+  TORCH_CHECK_TYPE(dtypes_mix(pt, xt), name, " has dtype ", pt, ", which cannot be used with an input of dtype ",
+                   xt, ": use the input's dtype (or float32 parameters with a float16/bfloat16 input)");
 }
 
 void check_numel(const at::Tensor& p, int64_t numel, const char* name, const char* what) {

@@ -18,6 +18,14 @@ Activation parse_activation(c10::string_view activation);
 Gate parse_gate(c10::string_view gate);
 Epilogue parse_epilogue(c10::string_view activation_after);
 
+// The dtypes every kernel dispatches on: float32, float64, float16, bfloat16
+// (at::isFloatingType also admits float8).
+bool is_kernel_dtype(at::ScalarType t);
+
+// Whether parameters of dtype `param` may be used with a map of dtype `x`: the same dtype,
+// or float32 parameters with a float16/bfloat16 map (mixed precision).
+bool dtypes_mix(at::ScalarType param, at::ScalarType x);
+
 // x must be a floating tensor of rank >= 2 laid out as (N, C, *spatial).
 void check_feature_map(const at::Tensor& x, const char* name);
 

@@ -36,21 +36,12 @@
 #include <tuple>
 
 #include "library_ops.h"
+#include "op_common.h"
 
 namespace gct_fused {
 namespace {
 
 using at::Tensor;
-
-bool is_floating(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-// Parameters mix with x as gct_fused._validate.check_parameter allows: x's dtype, or
-// float32 parameters with a float16/bfloat16 x.
-bool mixes_with(at::ScalarType param, at::ScalarType x) {
-  return param == x || (param == at::kFloat && (x == at::kHalf || x == at::kBFloat16));
-}
 
 // A plain tensor argument (torch.Tensor or nn.Parameter, not a subclass), or nullptr.
 const Tensor* plain_tensor(PyObject* obj) {
@@ -82,13 +73,13 @@ std::optional<c10::string_view> choice(PyObject* obj, const char* const (&choice
 
 // x: a CPU floating tensor of rank >= 2.
 bool plain_feature_map(const Tensor* x) {
-  return x != nullptr && x->device().is_cpu() && x->dim() >= 2 && is_floating(x->scalar_type());
+  return x != nullptr && x->device().is_cpu() && x->dim() >= 2 && is_kernel_dtype(x->scalar_type());
 }
 
 // A parameter on x's device whose dtype is `dtype` (the first parameter's), mixing with x's.
 bool plain_parameter(const Tensor* p, const Tensor& x, at::ScalarType dtype) {
   return p != nullptr && p->device() == x.device() && p->scalar_type() == dtype &&
-         mixes_with(dtype, x.scalar_type());
+         dtypes_mix(dtype, x.scalar_type());
 }
 
 // An optional bias: None, or a parameter of shape (size,).
