@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gct_fused
 import gct_fused.functional as functional
-from helpers import make_gct_params, make_map, make_se_params
+from helpers import grads_of, make_gct_params, make_map, make_se_params
 
 pytestmark = pytest.mark.skipif(functional._DIRECT is None, reason="gct_fused._C is not built")
 DIRECT = functional._DIRECT
@@ -54,17 +54,14 @@ def _through_python(fn, *args, **kwargs):
         functional._DIRECT = saved
 
 
-def _forward_and_grads(fn, tensors, dy):
-    for t in tensors:
-        t.grad = None
-    y = fn()
-    y.backward(dy)
-    return [y.detach()] + [t.grad for t in tensors]
-
-
-def _assert_identical(a, b, what):
-    assert len(a) == len(b)
-    for i, (u, v) in enumerate(zip(a, b)):
+def _assert_same_on_both_paths(fn, tensors, dy, what):
+    """fn(*tensors) and its gradients (helpers.grads_of) bit for bit the same through the
+    direct entries and through the Python path: values, dtypes, shapes and strides."""
+    y, grads = grads_of(fn, tensors, dy)
+    y_python, grads_python = _through_python(grads_of, fn, tensors, dy)
+    for i, (u, v) in enumerate(zip([y] + grads, [y_python] + grads_python)):
+        if u is None and v is None:  # an absent bias
+            continue
         assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), f"{what} [{i}]"
         assert torch.equal(u, v), f"{what} [{i}]"
 
@@ -77,41 +74,36 @@ def _assert_identical(a, b, what):
 def test_gct_direct_equals_python_path(dtype, layout, mixed):
     if mixed and dtype not in (torch.float16, torch.bfloat16):
         pytest.skip("float32 parameters mix with float16/bfloat16 maps only")
-    x, (alpha, gamma, beta) = _gct_args(dtype, layout, mixed, grad=True)
+    x, (alpha, gamma, beta) = _gct_args(dtype, layout, mixed)
+    dy = make_map(SHAPE, dtype, "cpu", seed=7)
     for mode, after_relu, eps in (("l2", False, 1e-5), ("l1", False, 0), ("l1", True, 1e-3)):
         assert DIRECT.gct(x, alpha, gamma, beta, eps, mode, after_relu, "auto") is not None
 
-        def run():
-            return gct_fused.gct(x, alpha, gamma, beta, eps, mode, after_relu)
-        dy = make_map(SHAPE, dtype, "cpu", seed=7)
-        leaves = [x, alpha, gamma, beta]
-        _assert_identical(_forward_and_grads(run, leaves, dy),
-                          _through_python(_forward_and_grads, run, leaves, dy), f"gct {mode} {after_relu}")
+        def run(*tensors):
+            return gct_fused.gct(*tensors, eps, mode, after_relu)
+        _assert_same_on_both_paths(run, [x, alpha, gamma, beta], dy, f"gct {mode} {after_relu}")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_se_direct_equals_python_path(dtype, layout, bias):
-    x, (w1, b1, w2, b2) = _se_args(dtype, layout, grad=True, bias=bias)
-    identity = make_map(SHAPE, dtype, "cpu", layout, seed=9).requires_grad_()
+    x, (w1, b1, w2, b2) = _se_args(dtype, layout, bias=bias)
+    identity = make_map(SHAPE, dtype, "cpu", layout, seed=9)
     dy = make_map(SHAPE, dtype, "cpu", seed=7)
-    leaves = [t for t in (x, w1, b1, w2, b2) if t is not None]
     for activation, gate in (("relu", "sigmoid"), ("silu", "hardsigmoid")):
         assert DIRECT.squeeze_excite(x, w1, b1, w2, b2, activation, gate, "cpu") is not None
 
-        def se():
-            return gct_fused.squeeze_excite(x, w1, b1, w2, b2, activation, gate)
-        _assert_identical(_forward_and_grads(se, leaves, dy), _through_python(_forward_and_grads, se, leaves, dy),
-                          f"se {activation} {gate}")
+        def se(*tensors):
+            return gct_fused.squeeze_excite(*tensors, activation, gate)
+        _assert_same_on_both_paths(se, [x, w1, b1, w2, b2], dy, f"se {activation} {gate}")
         for after in ("relu", "none"):
             assert DIRECT.se_residual(x, identity, w1, b1, w2, b2, activation, gate, after, "auto") is not None
 
-            def residual():
-                return gct_fused.se_residual(x, identity, w1, b1, w2, b2, activation, gate, after)
-            _assert_identical(_forward_and_grads(residual, leaves + [identity], dy),
-                              _through_python(_forward_and_grads, residual, leaves + [identity], dy),
-                              f"se_residual {activation} {gate} {after}")
+            def residual(*tensors):
+                return gct_fused.se_residual(*tensors, activation, gate, after)
+            _assert_same_on_both_paths(residual, [x, identity, w1, b1, w2, b2], dy,
+                                       f"se_residual {activation} {gate} {after}")
 
 
 def test_modules_take_the_direct_entries(fused_calls):
