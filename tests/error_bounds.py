@@ -77,10 +77,12 @@ def gct_error_scales(x, alpha, gamma, beta, dy, epsilon: float, mode: str, after
     r_err = denom_err * r * r + r
     z = e * gm * r + bt
     z_err = gv * (e_err * r + e.abs() * r_err) + (e * gm * r).abs() + bt.abs() + z.abs()
+    # g = 1 + tanh(z) is computed as 2 / (1 + exp(-2z)): relative roundings only (exp, the
+    # sum, the division), no absolute error of the size of 1 where g is small.
     t = torch.tanh(z)
     dt = 1 - t * t
     g = 1 + t
-    g_err = dt * z_err + 2 * g.abs() + 2
+    g_err = dt * z_err + 3 * g.abs()
     gx = g_err[..., None]
     out = {"y": (v.abs() * gx + (v * g[..., None]).abs()).reshape(shape)}
     if dy is None:
@@ -89,8 +91,8 @@ def gct_error_scales(x, alpha, gamma, beta, dy, epsilon: float, mode: str, after
     d = _ncl(dy)
     G = (d * v).sum(-1)
     A = (d * v).abs().sum(-1) + G.abs()
-    dz = G * dt
-    dz_err = A * dt + G.abs() * (2 * t.abs() * dt * z_err + 2 * t.abs()) + dz.abs()
+    dz = G * dt  # dt computed as g(z) * g(-z): two gates and two products, relative roundings
+    dz_err = A * dt + G.abs() * 2 * t.abs() * dt * z_err + 8 * dz.abs()
     q = (dz * gm * e).sum(1, keepdim=True)
     q_err = (gv * (dz_err * e.abs() + dz.abs() * e_err)).sum(1, keepdim=True) + (dz * gm * e).abs().sum(1, keepdim=True)
     first = dz * gm * r

@@ -319,6 +319,40 @@ def test_all_zero_map_without_epsilon_is_nan_like_the_reference(backend):
         _assert_same_nonfinite(y, expected, f"gct {mode} epsilon=0 zeros")
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gct_gate_keeps_its_relative_accuracy_in_the_tails(backend, dtype):
+    """With gamma = 0 the preactivation is z = beta exactly, so y = g * x and dx = g * dy with
+    g = 1 + tanh(beta), and dbeta = sum_n G_n (1 - tanh(beta)^2), G_n = sum_l dy * x. Over
+    z in [-12, 12] the gate spans 8e-11 .. 2 and must be right to a few ulp relative
+    everywhere: 1 + tanh(z) computed in the map's dtype cancels where tanh(z) is near -1
+    (float32: 0 instead of 7.6e-11 at z = -12), and so does 1 - tanh(z)^2 for dbeta. The
+    expected values come from the dtype-rounded beta, through sigmoids in float64
+    (1 + tanh(z) = 2 sigmoid(2z), 1 - tanh(z)^2 = 4 sigmoid(2z) sigmoid(-2z))."""
+    device = backend_device(backend)
+    channels, shape = 97, (2, 97, 3, 5)
+    beta = torch.linspace(-12, 12, channels, dtype=torch.float64).to(dtype)
+    alpha = make_gct_params(channels, dtype, "cpu")[0]
+    gamma = torch.zeros(channels, dtype=dtype)
+    x, dy = make_map(shape, dtype, "cpu"), make_map(shape, dtype, "cpu", seed=3)
+    leaves = [t.to(device).requires_grad_(True) for t in (x, alpha, gamma, beta)]
+    y = gct_fused.gct(*leaves, backend=backend)
+    y.backward(dy.to(device))
+    z = beta.double()
+    gate = 2 * torch.sigmoid(2 * z)
+    slope = 4 * torch.sigmoid(2 * z) * torch.sigmoid(-2 * z)
+    u = 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
+    g4 = gate.reshape(1, channels, 1, 1)
+    for got, want, what in ((y, g4 * x.double(), "y"), (leaves[0].grad, g4 * dy.double(), "dx")):
+        err = (got.detach().cpu().double() - want).abs()
+        assert (err <= 8 * u * want.abs()).all(), f"{what}: relative error {(err / want.abs()).max().item():.2e}"
+    terms = (dy.double() * x.double()).flatten(2)
+    want = (terms.sum(-1) * slope).sum(0)
+    bound = 32 * u * (terms.abs().sum(-1) * slope).sum(0)
+    err = (leaves[3].grad.cpu().double() - want).abs()
+    assert (err <= bound).all(), f"dbeta: error {(err / bound).max().item():.1f}x the bound"
+
+
 # ---------------------------------------------------------------------------------------
 # More than 2**31 elements (opt-in: pytest -m large)
 

@@ -3,7 +3,7 @@ skeleton. Formulas as csrc/include/gct_fused/gct_math.h; notation (per sample n,
 
     l2: s = sum_l x^2, e = alpha * sqrt(s + eps), denom = sqrt(mean_c e^2 + eps)
     l1: s = sum_l |x| (x after relu), e = alpha * s, denom = mean_c |e| + eps
-    z = e * (gamma / denom) + beta,  g = 1 + tanh(z),  y = g * x
+    z = e * (gamma / denom) + beta,  g = 1 + tanh(z) (as 2 / (1 + exp(-2z))),  y = g * x
 
 Forward, 2 launches:
   1. channel_reduce: s per (n, c) (partials per split of L); unsplit, it also writes the
@@ -35,7 +35,7 @@ from .channel_reduce import (MAP_ABS, MAP_IDENTITY, MAP_PRODUCT, MAP_SQUARE, cha
 from .launch import (OutputView, acc_dtype, check_index_range, device_function, input_view, launch, spatial_size,
                      split_epsilon, tiling_for, tl_acc_dtype)
 from .pointwise import (div_precise, epsilon_in, gct_embedding, gct_norm_denom, gct_norm_term, sign, sqrt_precise,
-                        sum_along, tanh)
+                        sum_along, gct_dz, gct_gate)
 
 # Channels per chunk of the O(C) head loops.
 HEAD_BLOCK = 1024
@@ -92,7 +92,7 @@ def gct_forward_apply_kernel(
     gamma = tl.load(gamma_ptr + c * gamma_stride, mask=c_mask, other=0.0).to(ACC)
     beta = tl.load(beta_ptr + c * beta_stride, mask=c_mask, other=0.0).to(ACC)
     e = gct_embedding(s, alpha, eps, MODE)
-    g = 1.0 + tanh(e * div_precise(gamma, denom) + beta)
+    g = gct_gate(e * div_precise(gamma, denom) + beta)
 
     # Apply: y = g * x over this program's part of L.
     l_begin = k * l_per_split
@@ -150,10 +150,10 @@ def gct_backward_head_kernel(
         mask = c < C
         s, alpha, gamma, e, z = _gct_channel_state(stats_ptr, alpha_ptr, gamma_ptr, beta_ptr, n64, C, c, mask,
                                                    alpha_stride, gamma_stride, beta_stride, eps, denom, MODE, ACC)
-        t = tanh(z)
-        tl.store(coef_g_ptr + n64 * C + c, 1.0 + t, mask=mask)
+        g = gct_gate(z)
+        tl.store(coef_g_ptr + n64 * C + c, g, mask=mask)
         grad = combine_partials(grad_partial_ptr, n, N, C, c, mask, splits, ACC, SPLIT_BLOCK)
-        dz = grad * (1.0 - t * t)
+        dz = gct_dz(grad, z, g)
         q_terms += tl.where(mask, dz * gamma * e, 0.0)
     q = sum_along(q_terms, 0)
 
@@ -163,9 +163,8 @@ def gct_backward_head_kernel(
         mask = c < C
         s, alpha, gamma, e, z = _gct_channel_state(stats_ptr, alpha_ptr, gamma_ptr, beta_ptr, n64, C, c, mask,
                                                    alpha_stride, gamma_stride, beta_stride, eps, denom, MODE, ACC)
-        t = tanh(z)
         grad = combine_partials(grad_partial_ptr, n, N, C, c, mask, splits, ACC, SPLIT_BLOCK)
-        dz = grad * (1.0 - t * t)
+        dz = gct_dz(grad, z, gct_gate(z))
         if MODE == 0:
             de = dz * gamma * r - q * r * r * r * e / c_count
             root = sqrt_precise(s + eps)

@@ -5,8 +5,8 @@ Each function works on any float dtype (the kernels call them in the accumulatio
 float32 or float64) and matches the CPU ops, including the value at kinks: relu'(0) = 0,
 hardsigmoid'(+-3) = 0, sign(0) = 0. Constants are exact in float32 (0.5, 1, 2, 3, 6) or
 built in the operand's dtype, so float64 math never sees a float32-rounded constant.
-tanh is written with exp: libdevice is not available to the interpreter, and this form is
-accurate to a few ulp of 1 (what 1 + tanh needs) and exactly 0 at 0.
+GCT's gate 1 + tanh(z) is written 2 / (1 + exp(-2z)), as in gct_math.h: no cancellation
+where tanh(z) is near -1, and no libdevice tanh (which the interpreter does not have).
 """
 
 import triton.language as tl
@@ -58,11 +58,16 @@ def epsilon_in(eps_hi, eps_lo, ACC: tl.constexpr):
 
 
 @device_function
-def tanh(z):
-    a = tl.abs(z)
-    t = tl.exp(-2.0 * a)
-    r = (1.0 - t) / (1.0 + t)
-    return tl.where(z < 0, -r, r)
+def gct_gate(z):
+    """g = 1 + tanh(z) = 2 / (1 + exp(-2z)) (gct_math.h's gct_gate); 0 where exp overflows."""
+    d = 1.0 + tl.exp(-2.0 * z)
+    return div_precise(tl.full([], 2.0, d.dtype), d)
+
+
+@device_function
+def gct_dz(grad, z, g):
+    """grad * (1 - tanh(z)^2) = grad * g(z) * g(-z), given g = gct_gate(z) (gct_math.h's gct_dz)."""
+    return grad * (g * gct_gate(-z))
 
 
 @device_function

@@ -61,8 +61,6 @@ inline at::vec::Vectorized<T> gf_abs(const at::vec::Vectorized<T>& v) { return v
 template <typename T>
 inline at::vec::Vectorized<T> gf_exp(const at::vec::Vectorized<T>& v) { return v.exp(); }
 template <typename T>
-inline at::vec::Vectorized<T> gf_tanh(const at::vec::Vectorized<T>& v) { return v.tanh(); }
-template <typename T>
 inline at::vec::Vectorized<T> gf_sign(const at::vec::Vectorized<T>& v) {
   const at::vec::Vectorized<T> zero(T(0));
   return v.gt(zero) - v.lt(zero);  // gt/lt give 1 or 0 per lane: sign(0) = 0
@@ -682,7 +680,10 @@ void reduce_flat_rows(const std::array<const scalar_t*, NR> in, int64_t rows, in
   const Vacc zero(acc_t(0));
   RowCursor cursor{rows, len};
   Vacc acc = zero;
-  auto add_step = [&](int64_t i, int64_t count) {
+  // always_inline on this and the other per-step lambdas of the row kernels: out of line,
+  // acc and the cursor live in memory and every step is a call. GCC's inliner dropped this
+  // one once when an unrelated change shrank the GCT head, and 7x7 GCT ran 2x slower.
+  auto add_step = [&](int64_t i, int64_t count) __attribute__((always_inline)) {
     Vacc m[L::kParts];
     for (auto& v : m) v = zero;
     reduce_step<scalar_t, NR>(in, i, map, m, count);  // m[p] = map of part p (0 past count)
@@ -792,7 +793,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
     for (size_t k = 0; k < NR; ++k) rows[g][k] = in[k] + (q0 + g) * row_stride[k];
   // kFull: a whole step, with plain loads and stores (the tail's masking decided at compile
   // time, not per step in the hot loop).
-  auto step = [&](int64_t c, auto full) {
+  auto step = [&](int64_t c, auto full) __attribute__((always_inline)) {
     constexpr bool kFull = decltype(full)::value;
     const int64_t count = kFull ? L::kStep : len - c;
     acc_t* dst = partial + c;
@@ -921,7 +922,7 @@ __attribute__((always_inline)) inline void apply_span(const std::array<const sca
     for (size_t k = 0; k < NK; ++k) fixed[k] = Vacc(coef[k][0]);
   }
   int64_t i = i0;
-  auto cf = [&](int p, Vacc* out_cf, int64_t count) {
+  auto cf = [&](int p, Vacc* out_cf, int64_t count) __attribute__((always_inline)) {
     for (size_t k = 0; k < NK; ++k) {
       if constexpr (kCoefAlongRow) {
         const acc_type<scalar_t>* src = coef[k] + i + p * Vacc::size();
@@ -1017,7 +1018,7 @@ void apply_flat_rows(const std::array<const scalar_t*, NIn> in, const std::array
   const Vacc lanes = lane_index<acc_t>();
   RowCursor cursor{rows, len};
   int64_t i = 0;
-  auto cf = [&](int p, Vacc* out_cf, int64_t) {
+  auto cf = [&](int p, Vacc* out_cf, int64_t) __attribute__((always_inline)) {
     const int64_t split = cursor.seek(i + p * kW);  // lanes [0, split) in cursor.row, the rest in the next
     const int64_t next = std::min(cursor.row + 1, rows - 1);
     for (size_t k = 0; k < NK; ++k) {
@@ -1056,7 +1057,7 @@ inline void apply_row_group(const std::array<const scalar_t*, NIn>& in, const st
     for (size_t k = 0; k < NK; ++k) fixed[g][k] = Vacc(coef[k][r + g]);
   }
   auto row_coef = [&](int g) {
-    return [&fixed, g](int, Vacc* out_cf, int64_t) {
+    return [&fixed, g](int, Vacc* out_cf, int64_t) __attribute__((always_inline)) {
       for (size_t k = 0; k < NK; ++k) out_cf[k] = fixed[g][k];
     };
   };

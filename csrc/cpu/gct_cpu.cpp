@@ -84,8 +84,8 @@ std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gct_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma),
-                       to_acc_vector<acc_t>(beta), mode, static_cast<acc_t>(epsilon), x.size(1)};
+    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma), to_acc_vector<acc_t>(beta), mode,
+                       static_cast<acc_t>(epsilon), x.size(1)};
     const std::vector<ChannelView> views{ChannelView::of(x), ChannelView::of(y)};
     const int64_t map_bytes = x.numel() * int64_t(sizeof(scalar_t));
     const Plan plan = make_plan(views, views[0].c * views[0].l * int64_t(sizeof(scalar_t)), 0, map_bytes);
@@ -125,8 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gct_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma),
-                       to_acc_vector<acc_t>(beta), mode, static_cast<acc_t>(epsilon), C};
+    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma), to_acc_vector<acc_t>(beta), mode,
+                       static_cast<acc_t>(epsilon), C};
     const at::Tensor s_all = stats.contiguous();  // (N, C), tiny
     const acc_t* s_data = s_all.const_data_ptr<acc_t>();
     // Per-sample parameter-gradient contributions, summed over n in order at the end.
@@ -149,17 +149,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
             const int64_t n = n0 + i;
             const acc_t* s = s_data + n * C;
             const acc_t denom = gct_head_normaliser(p, s, e.data());
-            // t = tanh(z) (then the gate 1 + t, coef[0]); dz; Q = sum_c dz * gamma * e.
+            // The gate (coef[0]); dz; Q = sum_c dz * gamma * e.
             acc_t* gate = coef[0] + i * C;
             Vectorized<acc_t> q_lanes(acc_t(0));
             acc_t q_tail = 0;
             over_channels<acc_t>(C, [&](int64_t c, auto lane) {
               using T = decltype(lane);
               const T ev = load_lanes(e.data() + c, lane), gm = load_lanes(p.gamma.data() + c, lane);
-              const T t = gf_tanh(gct_preactivation(ev, T(denom), gm, load_lanes(p.beta.data() + c, lane)));
-              const T dzv = gct_dz_from_tanh(load_lanes(G + i * C + c, lane), t);
+              const T z = gct_preactivation(ev, T(denom), gm, load_lanes(p.beta.data() + c, lane));
+              const T g = gct_gate(z);
+              const T dzv = gct_dz(load_lanes(G + i * C + c, lane), z, g);
               store_lanes(dz.data() + c, dzv);
-              store_lanes(gate + c, T(acc_t(1)) + t);
+              store_lanes(gate + c, g);
               if constexpr (std::is_same_v<T, acc_t>) q_tail += dzv * gm * ev;
               else q_lanes = q_lanes + dzv * gm * ev;
             });

@@ -138,8 +138,9 @@ __global__ void __launch_bounds__(kThreads)
       const acc_t gamma = p.gamma[c];
       const acc_t e = gct_embedding(p.mode, s[c], p.alpha[c], p.eps);
       const acc_t z = gct_preactivation(e, denom, gamma, p.beta[c]);
-      gate_out[n * C + c] = gct_gate(z);
-      const acc_t dz = gct_dz(grad_sums.sum(n, c), z);
+      const acc_t g = gct_gate(z);
+      gate_out[n * C + c] = g;
+      const acc_t dz = gct_dz(grad_sums.sum(n, c), z, g);
       dbeta[c] = dz;
       q += dz * gamma * e;
     }

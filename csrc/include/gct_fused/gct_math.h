@@ -9,8 +9,17 @@
 // embedding * norm) so that results match it to the last bit where possible; with
 // gamma = beta = 0 the gate is exactly 1 and y == x.
 //
+// The gate is computed as g = 2 / (1 + exp(-2z)), the same function as 1 + tanh(z)
+// (= 2 sigmoid(2z)), for two reasons. Accuracy: in float32, 1 + tanh(z) cancels where
+// tanh(z) is near -1 (relative error 6e-6 at z = -3, and g = 0 instead of 1e-10 at
+// z = -12), while this form stays within 2e-6 relative over [-12, 12]. Speed: one exp
+// instead of a tanh, and on AVX-512 at::vec's tanh (Sleef, 1 ulp) costs about three times its
+// exp (108 against 35 cycles per vector of 16 floats on a Zen 4 VM), which made the head
+// (2048 channels per sample) a tenth of GCT's time on a 7x7 map. gamma = beta = 0 still
+// gives exactly g = 2 / (1 + 1) = 1.
+//
 // Backward, with G = sum_l dy * x and r = 1 / denom:
-//   dz    = G * (1 - tanh(z)^2)
+//   dz    = G * (1 - tanh(z)^2) = G * g(z) * g(-z)
 //   Q     = sum_c dz * gamma * e                          (one reduction over C)
 //   de    = dz * gamma * r + Q * dr/de,   dr/de = -r^3 e / C (l2), -r^2 sign(e) / C (l1)
 //   dbeta = dz,  dgamma = dz * e * r,  dalpha = de * de_dalpha
@@ -54,9 +63,11 @@ GF_HD T gct_preactivation(T e, T denom, T gamma, T beta) {
   return e * (gamma / denom) + beta;
 }
 
+// g = 1 + tanh(z), as 2 / (1 + exp(-2z)) (see the top of this file). exp(-2z) = inf
+// for very negative z gives g = 0, its limit; a NaN z gives NaN.
 template <typename T>
 GF_HD T gct_gate(T z) {
-  return T(1) + gf_tanh(z);
+  return T(2) / (T(1) + gf_exp(T(-2) * z));
 }
 
 // Result of the per-channel backward head.
@@ -67,15 +78,13 @@ struct GctChannelGrad {
   T dgamma;  // ... to dgamma
 };
 
-// d loss / d z for one channel, from G = sum dy * x and t = tanh(z) of the forward.
+// d loss / d z for one channel, from G = sum dy * x, z, and its gate g = gct_gate(z):
+// 1 - tanh(z)^2 = (1 + t)(1 - t) = g(z) * g(-z). No cancellation on either side (1 - t * t
+// and (2 - g) * g lose their digits where |t| is near 1), and 0 in the tails, where one of
+// the two exps overflows and its gate is 0.
 template <typename T>
-GF_HD T gct_dz_from_tanh(T grad_gate, T t) {
-  return grad_gate * (T(1) - t * t);
-}
-
-template <typename T>
-GF_HD T gct_dz(T grad_gate, T z) {
-  return gct_dz_from_tanh(grad_gate, gf_tanh(z));
+GF_HD T gct_dz(T grad_gate, T z, T g) {
+  return grad_gate * (g * gct_gate(-z));
 }
 
 // One channel of the backward head, once Q = sum_c dz * gamma * e is known.

@@ -19,8 +19,6 @@ namespace gct_fused {
 // Overloads rather than std:: calls: std::exp etc. are not device functions.
 GF_HD float gf_exp(float v) { return expf(v); }
 GF_HD double gf_exp(double v) { return exp(v); }
-GF_HD float gf_tanh(float v) { return tanhf(v); }
-GF_HD double gf_tanh(double v) { return tanh(v); }
 GF_HD float gf_sqrt(float v) { return sqrtf(v); }
 GF_HD double gf_sqrt(double v) { return sqrt(v); }
 GF_HD float gf_abs(float v) { return fabsf(v); }
