@@ -33,7 +33,7 @@ struct GctGradApply {
 
 template <typename acc_t>
 struct GctParams {
-  std::vector<acc_t> alpha, gamma, beta;
+  AccValues<acc_t> alpha, gamma, beta;
   GctMode mode;
   acc_t eps;
   int64_t channels;
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gct_forward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma), to_acc_vector<acc_t>(beta), mode,
+    GctParams<acc_t> p{AccValues<acc_t>(alpha), AccValues<acc_t>(gamma), AccValues<acc_t>(beta), mode,
                        static_cast<acc_t>(epsilon), x.size(1)};
     const std::vector<ChannelView> views{ChannelView::of(x), ChannelView::of(y)};
     const int64_t map_bytes = x.numel() * int64_t(sizeof(scalar_t));
@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gct_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    GctParams<acc_t> p{to_acc_vector<acc_t>(alpha), to_acc_vector<acc_t>(gamma), to_acc_vector<acc_t>(beta), mode,
+    GctParams<acc_t> p{AccValues<acc_t>(alpha), AccValues<acc_t>(gamma), AccValues<acc_t>(beta), mode,
                        static_cast<acc_t>(epsilon), C};
     const at::Tensor s_all = stats.contiguous();  // (N, C), tiny
     const acc_t* s_data = s_all.const_data_ptr<acc_t>();
