@@ -13,11 +13,14 @@ from ._backends import fused_op, resolve_backend
 # The direct C++ entries of the forward ops (csrc/python_calls.cpp): for the common call
 # (plain tensors on CPU, valid arguments, backend "auto"/"cpu") they check the arguments
 # and call the op without the Python layers below, which cost ~100 us with caches cold;
-# they return None for every other call, which then takes the full path. None while
-# torch.compile traces (Dynamo records the torch.ops call of the full path instead) and
-# when the extension is not built.
+# they return None for every other call, which then takes the full path. Skipped while
+# Dynamo traces (it records the torch.ops call of the full path instead); None when the
+# extension is not built. is_dynamo_compiling rather than is_compiling: it is one plain
+# call (is_compiling also calls torch.jit.is_scripting; 10 against 1-2 us with the
+# caches cold), and what else sets is_compiling (non-strict torch.export, AOTAutograd)
+# traces FakeTensors or functional tensors, subclasses the entries hand back anyway.
 _DIRECT = _ops._C if _ops.C_IMPORT_ERROR is None else None
-_is_compiling = torch.compiler.is_compiling
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
 
 
 def _backend_for(backend: str, device: torch.device) -> str:
@@ -47,7 +50,7 @@ def gct(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor, beta: torch.T
     The fused backends are differentiable once (reverse mode): a second derivative through
     their gradients, or a forward-mode dual tensor, raises; backend="reference" has both.
     """
-    if _DIRECT is not None and not _is_compiling():
+    if _DIRECT is not None and not _is_dynamo_compiling():
         y = _DIRECT.gct(x, alpha, gamma, beta, epsilon, mode, after_relu, backend)
         if y is not None:
             return y
@@ -72,7 +75,7 @@ def squeeze_excite(x: torch.Tensor, w1: torch.Tensor, b1: Optional[torch.Tensor]
     the MLP run in float32 (float64 for a float64 x). See gct() for `backend` and for
     derivatives beyond the first.
     """
-    if _DIRECT is not None and not _is_compiling():
+    if _DIRECT is not None and not _is_dynamo_compiling():
         y = _DIRECT.squeeze_excite(x, w1, b1, w2, b2, activation, gate, backend)
         if y is not None:
             return y
@@ -94,7 +97,7 @@ def se_residual(x: torch.Tensor, identity: torch.Tensor, w1: torch.Tensor, b1: O
     "none". Eager PyTorch makes three full passes (scale, add, relu); this makes one.
     Other arguments (and derivatives beyond the first) as in squeeze_excite().
     """
-    if _DIRECT is not None and not _is_compiling():
+    if _DIRECT is not None and not _is_dynamo_compiling():
         y = _DIRECT.se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after, backend)
         if y is not None:
             return y

@@ -7,9 +7,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _validate
+from . import _validate, functional
 from ._backends import BACKENDS
 from .functional import gct, squeeze_excite
+
+# What the modules' forwards pass to a direct entry for a parameter that is not in
+# `_parameters` (parametrized, or replaced by a plain attribute): not a tensor and not
+# None, so the entry hands the call back and the full path reads the attribute.
+_ABSENT = object()
 
 
 def _check_backend(backend: str) -> None:
@@ -52,6 +57,18 @@ class GCT(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The common call goes straight to the C++ entry (functional._DIRECT, looked up here
+        # at call time), its parameters read from _parameters rather than through
+        # nn.Module.__getattr__: with the caches cold that is ~25 us less per call than
+        # functional.gct with self.alpha etc., a tenth of the module's time on a 7x7 map.
+        # Any call the entry hands back (None) takes the full path below.
+        direct = functional._DIRECT
+        if direct is not None and not functional._is_dynamo_compiling():
+            p = self._parameters
+            y = direct.gct(x, p.get("alpha", _ABSENT), p.get("gamma", _ABSENT), p.get("beta", _ABSENT),
+                           self.epsilon, self.mode, self.after_relu, self.backend)
+            if y is not None:
+                return y
         return gct(x, self.alpha, self.gamma, self.beta, self.epsilon, self.mode, self.after_relu,
                    self.backend)
 
@@ -90,6 +107,16 @@ class SqueezeExcite(nn.Module):
         self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As GCT.forward: straight to the C++ entry where it takes the call. A bias that is
+        # not in _parameters passes as _ABSENT, never as None (which would mean no bias).
+        direct = functional._DIRECT
+        if direct is not None and not functional._is_dynamo_compiling():
+            p1, p2 = self.fc1._parameters, self.fc2._parameters
+            y = direct.squeeze_excite(x, p1.get("weight", _ABSENT), p1.get("bias", _ABSENT),
+                                      p2.get("weight", _ABSENT), p2.get("bias", _ABSENT),
+                                      self.activation, self.gate, self.backend)
+            if y is not None:
+                return y
         return squeeze_excite(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
                               self.activation, self.gate, self.backend)
 

@@ -115,6 +115,122 @@ def test_modules_take_the_direct_entries(fused_calls):
     assert fused_calls[-1] == "gct_forward"
 
 
+# ------------------------------------- the modules call the entries with their _parameters
+
+@pytest.fixture
+def entry_answers(monkeypatch):
+    """[(entry name, whether it took the call)] for every call of a direct entry."""
+    answers = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def call(*args):
+                y = getattr(DIRECT, name)(*args)
+                answers.append((name, y is not None))
+                return y
+            return call
+
+    monkeypatch.setattr(functional, "_DIRECT", Recorder())
+    return answers
+
+
+def _gct_module(dtype):
+    module = gct_fused.GCT(SHAPE[1]).to(dtype)
+    with torch.no_grad():
+        for p, v in zip((module.alpha, module.gamma, module.beta), make_gct_params(SHAPE[1], dtype, "cpu")):
+            p.copy_(v.reshape(p.shape))
+    return module
+
+
+def _se_module(dtype, bias=True):
+    module = gct_fused.SqueezeExcite(SHAPE[1], 4, bias=bias).to(dtype)
+    with torch.no_grad():
+        w1, b1, w2, b2 = make_se_params(SHAPE[1], 4, dtype, "cpu", bias=bias)
+        module.fc1.weight.copy_(w1)
+        module.fc2.weight.copy_(w2)
+        if bias:
+            module.fc1.bias.copy_(b1)
+            module.fc2.bias.copy_(b2)
+    return module
+
+
+def _module_grads(module, x, dy):
+    x = x.detach().requires_grad_(True)
+    module.zero_grad(set_to_none=True)
+    y = module(x)
+    y.backward(dy)
+    return [y.detach(), x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("make", [_gct_module, _se_module, lambda dtype: _se_module(dtype, bias=False)],
+                         ids=["gct", "se", "se-no-bias"])
+def test_module_forward_takes_the_entry_and_equals_the_python_path(entry_answers, make, dtype, layout):
+    module = make(dtype)
+    x = make_map(SHAPE, dtype, "cpu", layout)
+    dy = make_map(SHAPE, dtype, "cpu", seed=7)
+    direct = _module_grads(module, x, dy)
+    assert entry_answers == [("gct" if isinstance(module, gct_fused.GCT) else "squeeze_excite", True)]
+    python = _through_python(_module_grads, module, x, dy)
+    for i, (u, v) in enumerate(zip(direct, python)):
+        assert u.dtype == v.dtype and u.stride() == v.stride() and torch.equal(u, v), i
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, p):
+        return 2 * p
+
+
+def test_parametrized_gct_parameter_takes_the_full_path(entry_answers):
+    """A parametrized parameter is not in _parameters: the entry is handed a non-tensor and
+    declines, and the full path reads the parametrized value."""
+    from torch.nn.utils import parametrize
+    module = _gct_module(torch.float32)
+    x = make_map(SHAPE, torch.float32, "cpu")
+    parametrize.register_parametrization(module, "alpha", _Doubled())
+    y = module(x)
+    assert entry_answers[0] == ("gct", False)
+    assert torch.equal(y, gct_fused.gct(x, 2 * module.parametrizations.alpha.original, module.gamma, module.beta))
+
+
+def test_parametrized_se_bias_is_not_taken_for_no_bias(entry_answers):
+    """A bias missing from _parameters must not reach the entry as None (no bias)."""
+    from torch.nn.utils import parametrize
+    module = _se_module(torch.float32)
+    x = make_map(SHAPE, torch.float32, "cpu")
+    parametrize.register_parametrization(module.fc1, "bias", _Doubled())
+    y = module(x)
+    assert entry_answers[0] == ("squeeze_excite", False)
+    fc1, fc2 = module.fc1, module.fc2
+    want = gct_fused.squeeze_excite(x, fc1.weight, 2 * fc1.parametrizations.bias.original, fc2.weight, fc2.bias)
+    assert torch.equal(y, want)
+    assert not torch.equal(y, gct_fused.squeeze_excite(x, fc1.weight, None, fc2.weight, fc2.bias))
+
+
+def test_parameter_replaced_by_a_plain_attribute(entry_answers):
+    module = _gct_module(torch.float32)
+    x = make_map(SHAPE, torch.float32, "cpu")
+    alpha = module.alpha.detach() * 3
+    del module.alpha
+    module.alpha = alpha  # a plain tensor attribute now, not in _parameters
+    y = module(x)
+    assert entry_answers[0] == ("gct", False)
+    assert torch.equal(y, gct_fused.gct(x, alpha, module.gamma, module.beta))
+
+
+def test_functional_call_uses_the_given_parameters(entry_answers):
+    """torch.func.functional_call swaps the entries of _parameters, plain tensors included:
+    the entry takes the call with the given values."""
+    module = _gct_module(torch.float32)
+    x = make_map(SHAPE, torch.float32, "cpu")
+    alpha, gamma, beta = (t.reshape(1, SHAPE[1], 1, 1) for t in make_gct_params(SHAPE[1], torch.float32, "cpu", seed=5))
+    y = torch.func.functional_call(module, {"alpha": alpha, "gamma": gamma, "beta": beta}, (x,))
+    assert entry_answers == [("gct", True)]
+    assert torch.equal(y, _through_python(gct_fused.gct, x, alpha, gamma, beta))
+    assert not torch.equal(y, module(x))
+
+
 def test_parameters_and_no_grad():
     """nn.Parameter counts as a plain tensor; without grad mode no graph is recorded."""
     module = gct_fused.GCT(SHAPE[1])
