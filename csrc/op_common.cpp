@@ -2,33 +2,37 @@
 
 #include <c10/util/Exception.h>
 
+#include <string>
+
 namespace gct_fused {
 
-GctMode parse_gct_mode(c10::string_view mode) {
-  if (mode == "l2") return GctMode::kL2;
-  if (mode == "l1") return GctMode::kL1;
-  TORCH_CHECK_VALUE(false, "gct: mode must be 'l2' or 'l1', got '", std::string(mode), "'");
+namespace {
+
+// The value named `value` in `names`, or a ValueError: "<op>: <arg> must be 'a' or 'b', got 'c'".
+template <typename Enum, size_t K>
+Enum parse_option(c10::string_view value, const OptionName<Enum> (&names)[K], const char* op, const char* arg) {
+  for (const auto& option : names) {
+    if (value == option.name) return option.value;
+  }
+  std::string choices;
+  for (size_t i = 0; i < K; ++i) {
+    choices += std::string(i == 0 ? "'" : i + 1 < K ? ", '" : " or '") + names[i].name + "'";
+  }
+  TORCH_CHECK_VALUE(false, op, ": ", arg, " must be ", choices, ", got '", std::string(value), "'");
 }
+
+}  // namespace
+
+GctMode parse_gct_mode(c10::string_view mode) { return parse_option(mode, kGctModeNames, "gct", "mode"); }
 
 Activation parse_activation(c10::string_view activation) {
-  if (activation == "relu") return Activation::kReLU;
-  if (activation == "silu") return Activation::kSiLU;
-  TORCH_CHECK_VALUE(false, "squeeze_excite: activation must be 'relu' or 'silu', got '",
-                    std::string(activation), "'");
+  return parse_option(activation, kActivationNames, "squeeze_excite", "activation");
 }
 
-Gate parse_gate(c10::string_view gate) {
-  if (gate == "sigmoid") return Gate::kSigmoid;
-  if (gate == "hardsigmoid") return Gate::kHardSigmoid;
-  TORCH_CHECK_VALUE(false, "squeeze_excite: gate must be 'sigmoid' or 'hardsigmoid', got '",
-                    std::string(gate), "'");
-}
+Gate parse_gate(c10::string_view gate) { return parse_option(gate, kGateNames, "squeeze_excite", "gate"); }
 
 Epilogue parse_epilogue(c10::string_view activation_after) {
-  if (activation_after == "relu") return Epilogue::kReLU;
-  if (activation_after == "none") return Epilogue::kNone;
-  TORCH_CHECK_VALUE(false, "se_residual: activation_after must be 'relu' or 'none', got '",
-                    std::string(activation_after), "'");
+  return parse_option(activation_after, kEpilogueNames, "se_residual", "activation_after");
 }
 
 bool is_kernel_dtype(at::ScalarType t) {

@@ -13,6 +13,21 @@
 
 namespace gct_fused {
 
+// The accepted names of each string option (options.h), in the order error messages list
+// them. The direct Python entries (python_calls.cpp) match against the same tables; the
+// Python side lists the same names in gct_fused/_validate.py.
+template <typename Enum>
+struct OptionName {
+  const char* name;
+  Enum value;
+};
+inline constexpr OptionName<GctMode> kGctModeNames[] = {{"l2", GctMode::kL2}, {"l1", GctMode::kL1}};
+inline constexpr OptionName<Activation> kActivationNames[] = {{"relu", Activation::kReLU},
+                                                              {"silu", Activation::kSiLU}};
+inline constexpr OptionName<Gate> kGateNames[] = {{"sigmoid", Gate::kSigmoid}, {"hardsigmoid", Gate::kHardSigmoid}};
+inline constexpr OptionName<Epilogue> kEpilogueNames[] = {{"relu", Epilogue::kReLU}, {"none", Epilogue::kNone}};
+
+// The enum of a name in the tables above; a ValueError naming the argument otherwise.
 GctMode parse_gct_mode(c10::string_view mode);
 Activation parse_activation(c10::string_view activation);
 Gate parse_gate(c10::string_view gate);

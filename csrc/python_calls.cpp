@@ -61,12 +61,13 @@ bool plain_call_context(PyObject* backend) {
          std::strcmp(override_backend, "auto") == 0 || std::strcmp(override_backend, "cpu") == 0;
 }
 
-// The string argument as a view if it is a str equal to one of `choices`.
-template <size_t K>
-std::optional<c10::string_view> choice(PyObject* obj, const char* const (&choices)[K]) {
+// The string argument as a view of the op's own name for it (op_common.h's tables) if it
+// is a str equal to one of them.
+template <typename Enum, size_t K>
+std::optional<c10::string_view> choice(PyObject* obj, const OptionName<Enum> (&choices)[K]) {
   if (!PyUnicode_CheckExact(obj)) return std::nullopt;
-  for (const char* c : choices) {
-    if (PyUnicode_CompareWithASCIIString(obj, c) == 0) return c10::string_view(c);
+  for (const auto& c : choices) {
+    if (PyUnicode_CompareWithASCIIString(obj, c.name) == 0) return c10::string_view(c.name);
   }
   return std::nullopt;
 }
@@ -104,11 +105,6 @@ PyObject* call_first_output(const c10::TypedOperatorHandle<Sig>& op, const Args&
   return THPVariable_Wrap(std::move(y));
 }
 
-const char* const kGctModes[] = {"l2", "l1"};
-const char* const kActivations[] = {"relu", "silu"};
-const char* const kGates[] = {"sigmoid", "hardsigmoid"};
-const char* const kActivationsAfter[] = {"relu", "none"};
-
 // gct(x, alpha, gamma, beta, epsilon, mode, after_relu, backend) -> y or None
 PyObject* gct_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -136,7 +132,7 @@ PyObject* gct_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return none();
   }
   if (!(epsilon >= 0)) return none();
-  const auto mode = choice(args[5], kGctModes);
+  const auto mode = choice(args[5], kGctModeNames);
   if (!mode || !PyBool_Check(args[6])) return none();
   return call_first_output(gct_forward_op(), *x, THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
                            THPVariable_Unpack(args[3]), epsilon, *mode, args[6] == Py_True);
@@ -170,8 +166,8 @@ PyObject* squeeze_excite_call(PyObject*, PyObject* const* args, Py_ssize_t nargs
   const Tensor* x = plain_tensor(args[0]);
   SeWeights w;
   if (!plain_feature_map(x) || !w.parse(*x, args + 1)) return none();
-  const auto activation = choice(args[5], kActivations);
-  const auto gate = choice(args[6], kGates);
+  const auto activation = choice(args[5], kActivationNames);
+  const auto gate = choice(args[6], kGateNames);
   if (!activation || !gate) return none();
   return call_first_output(se_forward_op(), *x, *w.w1, w.b1, *w.w2, w.b2, *activation, *gate);
   END_HANDLE_TH_ERRORS
@@ -189,9 +185,9 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       identity->device() != x->device() || identity->scalar_type() != x->scalar_type() || !w.parse(*x, args + 2)) {
     return none();
   }
-  const auto activation = choice(args[6], kActivations);
-  const auto gate = choice(args[7], kGates);
-  const auto after = choice(args[8], kActivationsAfter);
+  const auto activation = choice(args[6], kActivationNames);
+  const auto gate = choice(args[7], kGateNames);
+  const auto after = choice(args[8], kEpilogueNames);
   if (!activation || !gate || !after) return none();
   return call_first_output(se_residual_forward_op(), *x, *identity, *w.w1, w.b1, *w.w2, w.b2, *activation,
                            *gate, *after);

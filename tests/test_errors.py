@@ -93,6 +93,34 @@ def test_ops_check_their_arguments_too(backend):
         fused_op(backend, "se_forward")(x, w1, b1, w2, b2, "relu", "softmax")
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_ops_accept_the_option_names_of_the_python_checks(backend):
+    """Each op's string options: the names the Python checks accept (gct_fused._validate) are
+    the ones the op accepts, listed in the same order in its error. (The C++ ops and their
+    direct entries share one table per option, csrc/op_common.h.)"""
+    from gct_fused import _validate
+    device = backend_device(backend)
+    x = make_map((2, 4, 3, 3), torch.float32, device)
+    gct_params = make_gct_params(4, torch.float32, device)
+    w1, b1, w2, b2 = make_se_params(4, 2, torch.float32, device)
+    options = {
+        ("gct", "mode"): (_validate.GCT_MODES, lambda v: fused_op(backend, "gct_forward")(x, *gct_params, 1e-5, v,
+                                                                                          False)),
+        ("squeeze_excite", "activation"): (_validate.ACTIVATIONS, lambda v: fused_op(backend, "se_forward")(
+            x, w1, b1, w2, b2, v, "sigmoid")),
+        ("squeeze_excite", "gate"): (_validate.GATES, lambda v: fused_op(backend, "se_forward")(
+            x, w1, b1, w2, b2, "relu", v)),
+        ("se_residual", "activation_after"): (_validate.ACTIVATIONS_AFTER, lambda v: fused_op(
+            backend, "se_residual_forward")(x, x, w1, b1, w2, b2, "relu", "sigmoid", v)),
+    }
+    for (op, arg), (names, call) in options.items():
+        for name in names:
+            call(name)
+        listed = ", ".join(f"'{n}'" for n in names[:-1]) + f" or '{names[-1]}'"
+        with pytest.raises(ValueError, match=f"^{op}: {arg} must be {listed}, got 'nope'"):
+            call("nope")
+
+
 def test_unknown_and_unavailable_backends():
     x = make_map((2, 4, 3, 3), torch.float32, "cpu")
     a, g, b = make_gct_params(4, torch.float32, "cpu")
