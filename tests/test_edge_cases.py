@@ -20,8 +20,8 @@ from gct_fused import reference
 from gct_fused._backends import fused_op
 from error_bounds import gct_error_scales, se_error_scales
 from fuzz_support import check_against_reference
-from helpers import (FORWARD_TOL, FUSED_BACKENDS, GCT_MODES, SE_VARIANTS, backend_device, f64, make_gct_params,
-                     make_map, make_se_params)
+from helpers import (FORWARD_TOL, FUSED_BACKENDS, GCT_MODES, SE_VARIANTS, backend_device, f64, grads_of,
+                     make_gct_params, make_map, make_se_params)
 
 ALL_BACKENDS = FUSED_BACKENDS + ("reference",)
 HALF = (torch.float16, torch.bfloat16)
@@ -317,6 +317,31 @@ def test_all_zero_map_without_epsilon_is_nan_like_the_reference(backend):
         expected = reference.gct(f64(x), *map(f64, params), epsilon=0.0, mode=mode)
         assert expected.isnan().all()
         _assert_same_nonfinite(y, expected, f"gct {mode} epsilon=0 zeros")
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype,param_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                               (torch.bfloat16, torch.float32), (torch.float16, torch.float16)],
+                         ids=["float32", "float64", "bfloat16-fp32-params", "float16"])
+def test_gct_parameters_given_as_views(backend, dtype, param_dtype):
+    """Parameters that are views (every other element of a longer tensor; a slice at a storage
+    offset; an expanded scalar) give what their contiguous copies give, bit for bit, values and
+    gradients: the CPU ops read contiguous parameters of the accumulation dtype in place and
+    convert the others (param_utils.h, AccValues)."""
+    device = backend_device(backend)
+    channels, shape = 12, (2, 12, 5, 3)
+    x = make_map(shape, dtype, device)
+    dy = make_map(shape, dtype, device, seed=4)
+    alpha, gamma, beta = make_gct_params(channels, param_dtype, device)
+    strided = torch.stack([alpha, torch.full_like(alpha, float("nan"))], 1).reshape(-1)[::2]
+    offset = torch.cat([torch.full((3,), float("nan"), dtype=param_dtype, device=device), gamma])[3:]
+    expanded = beta[:1].expand(channels)
+    assert not strided.is_contiguous() and offset.storage_offset() == 3 and expanded.stride() == (0,)
+    views = [strided, offset, expanded]
+    copies = [v.clone() for v in views]
+    got, want = (grads_of(lambda *t: gct_fused.gct(*t, backend=backend), [x] + ps, dy) for ps in (views, copies))
+    for i, (u, v) in enumerate(zip([got[0]] + got[1], [want[0]] + want[1])):
+        assert u.shape == v.shape and u.dtype == v.dtype and torch.equal(u, v), i
 
 
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
