@@ -60,7 +60,8 @@ class GCT(nn.Module):
         # The common call goes straight to the C++ entry (functional._DIRECT, looked up here
         # at call time), its parameters read from _parameters rather than through
         # nn.Module.__getattr__: with the caches cold that is ~25 us less per call than
-        # functional.gct with self.alpha etc., a tenth of the module's time on a 7x7 map.
+        # functional.gct with self.alpha etc. (8x2048x1x1: 202 -> 175 us; the whole call
+        # on 8x2048x7x7 takes ~400 us).
         # Any call the entry hands back (None) takes the full path below.
         direct = functional._DIRECT
         if direct is not None and not functional._is_dynamo_compiling():
