@@ -1,7 +1,9 @@
 // Direct Python entries for the common call of the three forward ops: gct_fused._C.gct,
-// squeeze_excite and se_residual. gct_fused.functional tries them first and takes the
-// full Python path (argument checks with their messages, backend resolution,
-// torch.ops.gct_fused.*) whenever one returns None.
+// squeeze_excite and se_residual. gct_fused.functional and the modules try them first and
+// take the full Python path (argument checks with their messages, backend resolution,
+// torch.ops.gct_fused.*) whenever one returns None. squeeze_excite_conv and
+// se_residual_conv, for the SE drop-ins (gct_fused.dropin), also take the (out, in, 1, 1)
+// weights of 1x1 convolutions (se_matrix).
 //
 // Why: with the caches cold, as in a network where the layers before evicted them, the
 // Python layers of a call (the argument checks, backend resolution, the OpOverload's
@@ -139,42 +141,61 @@ PyObject* gct_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
-// The SE weights of a call on x: w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None.
+// An SE weight as the (out, in) matrix the ops take: a 2-D tensor as it is and, for the
+// drop-in entries (conv_weights), a 1x1 convolution's (out, in, 1, 1) weight viewed as
+// (out, in), as the drop-ins' Python path does with flatten(1) (a differentiable view: the
+// gradient reaches the 4-D weight, in its shape). The drop-ins pass their layers' weights
+// from _parameters: flatten(1) and the attribute lookups in Python cost ~100 us per cold
+// call, as much as the rest of it. nullopt for anything else.
+std::optional<Tensor> se_matrix(PyObject* obj, bool conv_weights) {
+  const Tensor* w = plain_tensor(obj);
+  if (w == nullptr) return std::nullopt;
+  if (w->dim() == 2) return *w;
+  if (conv_weights && w->dim() == 4 && w->size(2) == 1 && w->size(3) == 1) {
+    return w->view({w->size(0), w->size(1)});
+  }
+  return std::nullopt;
+}
+
+// The SE weights of a call on x: w1 (R, C), b1 (R,) or None, w2 (C, R), b2 (C,) or None
+// (and (R, C, 1, 1), (C, R, 1, 1) weights with conv_weights: se_matrix).
 struct SeWeights {
-  const Tensor* w1 = nullptr;
-  const Tensor* w2 = nullptr;
+  Tensor w1, w2;
   std::optional<Tensor> b1, b2;
 
-  bool parse(const Tensor& x, PyObject* const* args) {
-    w1 = plain_tensor(args[0]);
-    w2 = plain_tensor(args[2]);
-    if (w1 == nullptr || w2 == nullptr) return false;
-    const at::ScalarType dtype = w1->scalar_type();
+  bool parse(const Tensor& x, PyObject* const* args, bool conv_weights) {
+    auto m1 = se_matrix(args[0], conv_weights), m2 = se_matrix(args[2], conv_weights);
+    if (!m1 || !m2) return false;
+    w1 = *std::move(m1);
+    w2 = *std::move(m2);
+    const at::ScalarType dtype = w1.scalar_type();
     const int64_t channels = x.size(1);
-    if (!plain_parameter(w1, x, dtype) || !plain_parameter(w2, x, dtype) || w1->dim() != 2 || w2->dim() != 2 ||
-        w1->size(1) != channels || w2->size(0) != channels || w2->size(1) != w1->size(0)) {
+    if (!plain_parameter(&w1, x, dtype) || !plain_parameter(&w2, x, dtype) || w1.size(1) != channels ||
+        w2.size(0) != channels || w2.size(1) != w1.size(0)) {
       return false;
     }
-    return plain_bias(args[1], x, dtype, w1->size(0), b1) && plain_bias(args[3], x, dtype, channels, b2);
+    return plain_bias(args[1], x, dtype, w1.size(0), b1) && plain_bias(args[3], x, dtype, channels, b2);
   }
 };
 
 // squeeze_excite(x, w1, b1, w2, b2, activation, gate, backend) -> y or None
+template <bool kConvWeights>
 PyObject* squeeze_excite_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 8 || !plain_call_context(args[7])) return none();
   const Tensor* x = plain_tensor(args[0]);
   SeWeights w;
-  if (!plain_feature_map(x) || !w.parse(*x, args + 1)) return none();
+  if (!plain_feature_map(x) || !w.parse(*x, args + 1, kConvWeights)) return none();
   const auto activation = choice(args[5], kActivationNames);
   const auto gate = choice(args[6], kGateNames);
   if (!activation || !gate) return none();
-  return call_first_output(se_forward_op(), *x, *w.w1, w.b1, *w.w2, w.b2, *activation, *gate);
+  return call_first_output(se_forward_op(), *x, w.w1, w.b1, w.w2, w.b2, *activation, *gate);
   END_HANDLE_TH_ERRORS
 }
 
 // se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after, backend)
 // -> y or None
+template <bool kConvWeights>
 PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 10 || !plain_call_context(args[9])) return none();
@@ -182,14 +203,15 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const Tensor* identity = plain_tensor(args[1]);
   SeWeights w;
   if (!plain_feature_map(x) || identity == nullptr || identity->sizes() != x->sizes() ||
-      identity->device() != x->device() || identity->scalar_type() != x->scalar_type() || !w.parse(*x, args + 2)) {
+      identity->device() != x->device() || identity->scalar_type() != x->scalar_type() ||
+      !w.parse(*x, args + 2, kConvWeights)) {
     return none();
   }
   const auto activation = choice(args[6], kActivationNames);
   const auto gate = choice(args[7], kGateNames);
   const auto after = choice(args[8], kEpilogueNames);
   if (!activation || !gate || !after) return none();
-  return call_first_output(se_residual_forward_op(), *x, *identity, *w.w1, w.b1, *w.w2, w.b2, *activation,
+  return call_first_output(se_residual_forward_op(), *x, *identity, w.w1, w.b1, w.w2, w.b2, *activation,
                            *gate, *after);
   END_HANDLE_TH_ERRORS
 }
@@ -200,13 +222,21 @@ PyMethodDef kPythonCalls[] = {
     {"gct", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gct_call)), METH_FASTCALL,
      "gct(x, alpha, gamma, beta, epsilon, mode, after_relu, backend): y, or None where the full "
      "Python path must take the call (see csrc/python_calls.cpp)."},
-    {"squeeze_excite", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_call)),
+    {"squeeze_excite", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_call<false>)),
      METH_FASTCALL,
      "squeeze_excite(x, w1, b1, w2, b2, activation, gate, backend): y, or None where the full "
      "Python path must take the call."},
-    {"se_residual", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_residual_call)), METH_FASTCALL,
+    {"se_residual", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_residual_call<false>)),
+     METH_FASTCALL,
      "se_residual(x, identity, w1, b1, w2, b2, activation, gate, activation_after, backend): y, "
      "or None where the full Python path must take the call."},
+    // The SE drop-ins' entries (gct_fused.dropin): the same, with the weights of 1x1
+    // convolution layers, (R, C, 1, 1) and (C, R, 1, 1), also taken. Not for the public
+    // functional API, whose weights are (R, C) and (C, R) on every backend.
+    {"squeeze_excite_conv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_call<true>)),
+     METH_FASTCALL, "squeeze_excite with 1x1 convolution weights also taken (the SE drop-ins)."},
+    {"se_residual_conv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_residual_call<true>)),
+     METH_FASTCALL, "se_residual with 1x1 convolution weights also taken (the SE drop-ins)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

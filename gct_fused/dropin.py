@@ -42,8 +42,9 @@ from typing import Callable, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from . import functional
 from .functional import se_residual, squeeze_excite
-from .modules import GCT, _check_backend, make_divisible
+from .modules import _ABSENT, GCT, _check_backend, make_divisible
 
 __all__ = [
     "GCT", "SELayer", "SqueezeExcitation", "SEModule", "EffectiveSEModule", "EfficientNetSqueezeExcite",
@@ -154,6 +155,13 @@ def _matrix(layer: nn.Module) -> torch.Tensor:
     return weight if weight.dim() == 2 else weight.flatten(1)
 
 
+def _submodule(module: nn.Module, path: str):
+    """The submodule at a dotted path ("fc.0"), read from _modules (None if there is none)."""
+    for name in path.split("."):
+        module = module._modules.get(name) if isinstance(module, nn.Module) else None
+    return module
+
+
 def _adopt(cls, module: nn.Module):
     """An instance of cls that takes over module's state (submodules, Parameters, buffers,
     hooks, attributes, training flag) without copying a tensor: the same Parameter objects,
@@ -215,13 +223,42 @@ class _FusedSE(nn.Module):
         expand = operator.attrgetter(self._expand)(self)
         return _matrix(reduce), reduce.bias, _matrix(expand), expand.bias
 
+    # Whether se_weights() are the layers' own weights and biases, so that the forwards may
+    # pass them to the C++ entries straight from _parameters (every drop-in but ESE, which
+    # folds its one layer into the op's two).
+    _weights_are_the_layers = True
+
+    def _layer_parameters(self) -> tuple:
+        """se_weights() as the direct C++ entries (`gct_fused._C.squeeze_excite_conv`,
+        `se_residual_conv`) take them: the layers' Parameters from their _parameters, a 1x1
+        convolution's weight as its (out, in, 1, 1) self (the entry views it as (out, in)).
+        With the caches cold, se_weights() (attribute lookups, flatten(1)) cost ~100 us per
+        call, as much as the rest of a call on a small map. A parameter not in _parameters
+        (parametrized) is _ABSENT, which the entries hand back to the full path."""
+        reduce, expand = _submodule(self, self._reduce), _submodule(self, self._expand)
+        p1 = reduce._parameters if isinstance(reduce, nn.Module) else {}
+        p2 = expand._parameters if isinstance(expand, nn.Module) else {}
+        return p1.get("weight", _ABSENT), p1.get("bias", _ABSENT), p2.get("weight", _ABSENT), p2.get("bias", _ABSENT)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        direct = functional._DIRECT
+        if direct is not None and self._weights_are_the_layers and not functional._is_dynamo_compiling():
+            y = direct.squeeze_excite_conv(x, *self._layer_parameters(), self.fused_activation, self.fused_gate,
+                                           self.backend)
+            if y is not None:
+                return y
         w1, b1, w2, b2 = self.se_weights()
         return squeeze_excite(x, w1, b1, w2, b2, self.fused_activation, self.fused_gate, self.backend)
 
     def forward_residual(self, x: torch.Tensor, identity: torch.Tensor,
                          activation_after: str = "relu") -> torch.Tensor:
         """activation_after(self(x) + identity) in one fused pass (gct_fused.se_residual)."""
+        direct = functional._DIRECT
+        if direct is not None and self._weights_are_the_layers and not functional._is_dynamo_compiling():
+            y = direct.se_residual_conv(x, identity, *self._layer_parameters(), self.fused_activation,
+                                        self.fused_gate, activation_after, self.backend)
+            if y is not None:
+                return y
         w1, b1, w2, b2 = self.se_weights()
         return se_residual(x, identity, w1, b1, w2, b2, self.fused_activation, self.fused_gate,
                            activation_after, self.backend)
@@ -405,6 +442,7 @@ class EffectiveSEModule(_FusedSE):
     """
 
     _reduce, _expand = "fc", "fc"
+    _weights_are_the_layers = False  # se_weights() folds fc into the op's two layers
 
     @classmethod
     def check_fusable(cls, module):

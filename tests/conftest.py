@@ -45,7 +45,8 @@ def fused_calls(monkeypatch):
                 return call
 
             def __getattr__(self, attr):
-                names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward"}
+                names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward",
+                         "squeeze_excite_conv": "se_forward", "se_residual_conv": "se_residual_forward"}
                 return self._recorded(getattr(direct, attr), names[attr])
 
         monkeypatch.setattr(functional, "_DIRECT", RecordingDirect())

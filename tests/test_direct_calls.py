@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import gct_fused
 import gct_fused.functional as functional
+from gct_fused import dropin
 from helpers import grads_of, make_gct_params, make_map, make_se_params
 
 pytestmark = pytest.mark.skipif(functional._DIRECT is None, reason="gct_fused._C is not built")
@@ -154,10 +155,11 @@ def _se_module(dtype, bias=True):
     return module
 
 
-def _module_grads(module, x, dy):
+def _module_grads(module, x, dy, fn=None):
+    """(fn or module)(x) backpropagated with dy: [y, dx, then the grad of every parameter]."""
     x = x.detach().requires_grad_(True)
     module.zero_grad(set_to_none=True)
-    y = module(x)
+    y = (fn or module)(x)
     y.backward(dy)
     return [y.detach(), x.grad] + [p.grad for p in module.parameters()]
 
@@ -229,6 +231,85 @@ def test_functional_call_uses_the_given_parameters(entry_answers):
     assert entry_answers == [("gct", True)]
     assert torch.equal(y, _through_python(gct_fused.gct, x, alpha, gamma, beta))
     assert not torch.equal(y, module(x))
+
+
+# ------------------------------- the SE drop-ins call the entries that take 1x1 conv weights
+
+_DROPINS = {
+    "SELayer": lambda: dropin.SELayer(SHAPE[1], 3),  # Linear layers at a dotted path (fc.0, fc.2)
+    "SqueezeExcitation": lambda: dropin.SqueezeExcitation(SHAPE[1], 4, torch.nn.SiLU, torch.nn.Hardsigmoid),
+    "SEModule": lambda: dropin.SEModule(SHAPE[1], rd_channels=4),
+    "SEModule-no-bias": lambda: dropin.SEModule(SHAPE[1], rd_channels=4, bias=False),
+    "EfficientNetSqueezeExcite": lambda: dropin.EfficientNetSqueezeExcite(SHAPE[1], act_layer=torch.nn.SiLU),
+    "LegacySEModule": lambda: dropin.LegacySEModule(SHAPE[1], 4),
+}
+
+
+def _dropin(name, dtype):
+    torch.manual_seed(0)
+    module = _DROPINS[name]().to(dtype)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(_DROPINS))
+def test_dropins_take_the_conv_weight_entries_and_equal_the_python_path(entry_answers, name, dtype, layout):
+    """The drop-ins pass their layers' Parameters (1x1 conv weights 4-D) to
+    squeeze_excite_conv / se_residual_conv: outputs and every gradient (the 4-D weights' too)
+    bit for bit what the Python path (se_weights(), flatten(1), torch.ops) gives."""
+    module = _dropin(name, dtype)
+    x = make_map(SHAPE, dtype, "cpu", layout)
+    identity = make_map(SHAPE, dtype, "cpu", seed=5)
+    dy = make_map(SHAPE, dtype, "cpu", seed=7)
+    calls = {"forward": (module, "squeeze_excite_conv"),
+             "forward_residual": (lambda t: module.forward_residual(t, identity, "relu"), "se_residual_conv")}
+    for what, (fn, entry) in calls.items():
+        entry_answers.clear()
+        direct = _module_grads(module, x, dy, fn)
+        assert entry_answers == [(entry, True)], what
+        python = _through_python(_module_grads, module, x, dy, fn)
+        for i, (u, v) in enumerate(zip(direct, python)):
+            assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), (what, i)
+            assert torch.equal(u, v), (what, i)
+
+
+def test_effective_se_folds_its_weights_in_python(entry_answers):
+    """ESE's se_weights() are computed (its one layer folded into the op's two): it must not
+    pass its layer's Parameters to the entry."""
+    module = dropin.EffectiveSEModule(SHAPE[1])
+    module(make_map(SHAPE, torch.float32, "cpu"))
+    assert entry_answers == [("squeeze_excite", True)]
+
+
+def test_public_entries_keep_2d_weights():
+    """1x1 conv weights are taken by the drop-ins' entries only: the public functional API
+    takes (R, C) and (C, R) weights on every backend."""
+    x = make_map(SHAPE, torch.float32, "cpu")
+    w1, b1, w2, b2 = make_se_params(SHAPE[1], 4, torch.float32, "cpu")
+    conv1, conv2 = w1[:, :, None, None], w2[:, :, None, None]
+    assert DIRECT.squeeze_excite(x, conv1, b1, conv2, b2, "relu", "sigmoid", "auto") is None
+    assert DIRECT.se_residual(x, x, conv1, b1, conv2, b2, "relu", "sigmoid", "relu", "auto") is None
+    assert torch.equal(DIRECT.squeeze_excite_conv(x, conv1, b1, conv2, b2, "relu", "sigmoid", "auto"),
+                       DIRECT.squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid", "auto"))
+    assert DIRECT.squeeze_excite_conv(x, w1[:, :, None], b1, conv2, b2, "relu", "sigmoid", "auto") is None  # 3-D
+    assert DIRECT.squeeze_excite_conv(x, w1[:, :, None, None].expand(4, SHAPE[1], 1, 2), b1, conv2, b2,
+                                      "relu", "sigmoid", "auto") is None  # not 1x1
+
+
+def test_parametrized_dropin_weight_takes_the_full_path(entry_answers):
+    from torch.nn.utils import parametrize
+    module = _dropin("SEModule", torch.float32)
+    x = make_map(SHAPE, torch.float32, "cpu")
+    parametrize.register_parametrization(module.fc1, "weight", _Doubled())
+    y = module(x)
+    assert entry_answers[0] == ("squeeze_excite_conv", False)
+    w1 = 2 * module.fc1.parametrizations.weight.original
+    assert torch.equal(y, gct_fused.squeeze_excite(x, w1.flatten(1), module.fc1.bias, module.fc2.weight.flatten(1),
+                                                   module.fc2.bias))
 
 
 def test_parameters_and_no_grad():
