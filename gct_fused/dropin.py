@@ -155,11 +155,14 @@ def _matrix(layer: nn.Module) -> torch.Tensor:
     return weight if weight.dim() == 2 else weight.flatten(1)
 
 
-def _submodule(module: nn.Module, path: str):
-    """The submodule at a dotted path ("fc.0"), read from _modules (None if there is none)."""
+def _parameters_at(module: nn.Module, path: str) -> dict:
+    """The _parameters of the submodule at a dotted path ("fc.0"), read through _modules
+    ({} if there is none)."""
     for name in path.split("."):
-        module = module._modules.get(name) if isinstance(module, nn.Module) else None
-    return module
+        module = module._modules.get(name)
+        if module is None:
+            return {}
+    return module._parameters
 
 
 def _adopt(cls, module: nn.Module):
@@ -235,9 +238,7 @@ class _FusedSE(nn.Module):
         With the caches cold, se_weights() (attribute lookups, flatten(1)) cost ~100 us per
         call, as much as the rest of a call on a small map. A parameter not in _parameters
         (parametrized) is _ABSENT, which the entries hand back to the full path."""
-        reduce, expand = _submodule(self, self._reduce), _submodule(self, self._expand)
-        p1 = reduce._parameters if isinstance(reduce, nn.Module) else {}
-        p2 = expand._parameters if isinstance(expand, nn.Module) else {}
+        p1, p2 = _parameters_at(self, self._reduce), _parameters_at(self, self._expand)
         return p1.get("weight", _ABSENT), p1.get("bias", _ABSENT), p2.get("weight", _ABSENT), p2.get("bias", _ABSENT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
