@@ -55,16 +55,22 @@ def _through_python(fn, *args, **kwargs):
         functional._DIRECT = saved
 
 
-def _assert_same_on_both_paths(fn, tensors, dy, what):
-    """fn(*tensors) and its gradients (helpers.grads_of) bit for bit the same through the
-    direct entries and through the Python path: values, dtypes, shapes and strides."""
-    y, grads = grads_of(fn, tensors, dy)
-    y_python, grads_python = _through_python(grads_of, fn, tensors, dy)
-    for i, (u, v) in enumerate(zip([y] + grads, [y_python] + grads_python)):
-        if u is None and v is None:  # an absent bias
+def _assert_same_bits(direct, python, what):
+    """Outputs and gradients of the two paths, in the same order: the same values, dtypes,
+    shapes and strides (None on both sides: an absent bias)."""
+    for i, (u, v) in enumerate(zip(direct, python, strict=True)):
+        if u is None and v is None:
             continue
         assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), f"{what} [{i}]"
         assert torch.equal(u, v), f"{what} [{i}]"
+
+
+def _assert_same_on_both_paths(fn, tensors, dy, what):
+    """fn(*tensors) and its gradients (helpers.grads_of) bit for bit the same through the
+    direct entries and through the Python path."""
+    y, grads = grads_of(fn, tensors, dy)
+    y_python, grads_python = _through_python(grads_of, fn, tensors, dy)
+    _assert_same_bits([y] + grads, [y_python] + grads_python, what)
 
 
 # ------------------------------------------------------------------ the common call is taken
@@ -174,9 +180,7 @@ def test_module_forward_takes_the_entry_and_equals_the_python_path(entry_answers
     dy = make_map(SHAPE, dtype, "cpu", seed=7)
     direct = _module_grads(module, x, dy)
     assert entry_answers == [("gct" if isinstance(module, gct_fused.GCT) else "squeeze_excite", True)]
-    python = _through_python(_module_grads, module, x, dy)
-    for i, (u, v) in enumerate(zip(direct, python)):
-        assert u.dtype == v.dtype and u.stride() == v.stride() and torch.equal(u, v), i
+    _assert_same_bits(direct, _through_python(_module_grads, module, x, dy), type(module).__name__)
 
 
 class _Doubled(torch.nn.Module):
@@ -271,10 +275,7 @@ def test_dropins_take_the_conv_weight_entries_and_equal_the_python_path(entry_an
         entry_answers.clear()
         direct = _module_grads(module, x, dy, fn)
         assert entry_answers == [(entry, True)], what
-        python = _through_python(_module_grads, module, x, dy, fn)
-        for i, (u, v) in enumerate(zip(direct, python)):
-            assert u.dtype == v.dtype and u.shape == v.shape and u.stride() == v.stride(), (what, i)
-            assert torch.equal(u, v), (what, i)
+        _assert_same_bits(direct, _through_python(_module_grads, module, x, dy, fn), f"{name} {what}")
 
 
 def test_effective_se_folds_its_weights_in_python(entry_answers):
