@@ -774,12 +774,22 @@ void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::arr
 // bfloat16 8x256x56x56 channels_last GCT forward 1.9-2.0 ms against 1.1-1.25 ms).
 template <size_t NR>
 constexpr int kCRowGroup = NR == 1 ? 4 : 1;
-// Groups of rows ahead at which reduce_c_row_group prefetches. Zen 3 VM, caches evicted,
-// 8x256x56x56 channels_last forward, five interleaved process pairs: GCT float32 1.24-1.73x
-// -> 1.30-1.42x a copy, SE 1.20-1.64x -> 1.29-1.36x, GCT bfloat16 2.25-3.02x -> 1.84-1.96x
-// (2 groups ahead: about as good). On the Zen 4 VM it made no difference beyond noise (C = 256
-// there now takes reduce_c_rows_in_registers, which reads each row front to back).
-constexpr int kCRowPrefetchGroups = 4;
+// How far ahead reduce_c_row_group prefetches: the same channels at least this many bytes
+// of rows ahead (and at least one group of rows), into L2 (prefetcht1). Each row is a short
+// stream (1 KB at C = 256) that the hardware prefetchers barely train on. Zen 3 VM, caches
+// evicted, 8x256x56x56 channels_last forward, five interleaved process pairs, 4 groups of 4
+// rows (16 KB) ahead into L1 against none: GCT float32 1.24-1.73x -> 1.30-1.42x a copy, SE
+// 1.20-1.64x -> 1.29-1.36x, GCT bfloat16 2.25-3.02x -> 1.84-1.96x. Zen 4 VM, caches evicted,
+// the variants interleaved call by call in one process (GCT forward, channels_last float32,
+// ratio to a copy, two or three runs): into L1 16 rows ahead as before -> into L2 one group
+// ahead: 8x2048x7x7 1.55-1.68 -> 1.44-1.56, 8x1024x14x14 1.40-1.44 -> 1.30-1.35, 8x512x28x28
+// 1.42-1.44 -> 1.22; 1024x14x14 bfloat16 1.68 -> 1.45-1.48; SE 8x1024x14x14 1.67-2.01 ->
+// 1.53-1.89; the backward's two inputs (GCT forward+backward, channels_last, into L2 4 rows
+// ahead) 8x512x28x28 4.15-4.67 -> 3.62-4.25, 8x2048x7x7 4.94-6.30 -> 4.74-6.12. A prefetch
+// into L1 from 32-128 KB ahead is evicted from the 32 KB L1 before it is used (and evicts
+// the running sums); the distance mattered little between 8 and 128 KB into L2. Zen 3 ran
+// L1 prefetches only (16 KB ahead is what it was tuned at).
+constexpr int64_t kCRowPrefetchBytes = int64_t(16) << 10;
 
 template <int G, typename scalar_t, size_t NR, typename Map>
 void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::array<int64_t, NR> row_stride,
@@ -788,6 +798,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
   const bool first = q0 == 0;  // the running sums start at 0: nothing to load yet
+  const int64_t ahead = std::max<int64_t>(G, ceil_div(kCRowPrefetchBytes, len * int64_t(sizeof(scalar_t))));
   std::array<const scalar_t*, NR> rows[G];
   for (int g = 0; g < G; ++g)
     for (size_t k = 0; k < NR; ++k) rows[g][k] = in[k] + (q0 + g) * row_stride[k];
@@ -806,11 +817,10 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      // Prefetch the same channels kCRowPrefetchGroups groups of rows ahead: each row is a
-      // short stream (1 KB at C = 256) that the hardware prefetchers barely train on. A
-      // prefetch past the tensor never faults.
+      // Prefetch the same channels `ahead` rows on, into L2 (kCRowPrefetchBytes). A prefetch
+      // past the tensor never faults.
       if constexpr (kFull) {
-        for (size_t k = 0; k < NR; ++k) __builtin_prefetch(rows[g][k] + c + kCRowPrefetchGroups * G * row_stride[k]);
+        for (size_t k = 0; k < NR; ++k) __builtin_prefetch(rows[g][k] + c + ahead * row_stride[k], 0, 2);
         reduce_step<scalar_t, NR>(rows[g], c, map, acc);
       } else {
         reduce_step<scalar_t, NR>(rows[g], c, map, acc, count);
