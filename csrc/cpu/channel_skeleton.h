@@ -640,6 +640,22 @@ acc_type<scalar_t> reduce_contiguous(const std::array<const scalar_t*, NR> in, c
   return horizontal_sum(total);
 }
 
+// How far ahead the row kernels' reads are prefetched into L2 (prefetcht1): at least this
+// many bytes of rows ahead, the same offset within the row. See kShortRowPrefetchBytes and
+// reduce_c_row_group for where it is used and what was measured.
+constexpr int64_t kPrefetchAheadBytes = int64_t(16) << 10;
+// Short rows of at least this many bytes are prefetched kPrefetchAheadBytes ahead by the
+// grouped reduce (reduce_row_group); shorter ones are not. A group of 8 rows of 392 bytes
+// (half-precision 14x14 maps) reads 8 interleaved streams that the hardware prefetchers
+// follow poorly; 98-byte rows (7x7) make one nearly sequential stream they follow well.
+// Zen 4 VM, NCHW, caches evicted, with and without interleaved call by call in one process
+// (ratio to a copy, two runs each): bfloat16 GCT forward 8x1024x14x14 1.77 -> 1.63,
+// 2.42 -> 2.11; SE 2.00 -> 1.89, 2.91 -> 2.53; float16 SE 3.21 -> 2.96, 2.18 -> 2.04; bfloat16
+// GCT forward+backward 5.80 -> 5.39, 6.65 -> 5.53; but bfloat16 GCT forward 8x2048x7x7
+// 1.84 -> 2.01, 1.70 -> 2.04 (hence the threshold; nothing between 98 and 392 bytes was
+// measured, nor any of this on an AVX2 machine).
+constexpr int64_t kShortRowPrefetchBytes = 256;
+
 // Rows reduced together: each row is one chain of dependent vector adds, and it takes
 // about eight chains in flight to cover the add latency (four left the loop
 // latency-bound on 14x14 rows).
@@ -717,10 +733,10 @@ void reduce_flat_rows(const std::array<const scalar_t*, NR> in, int64_t rows, in
 // one vector accumulator, its lanes summed by horizontal_sum: the same arithmetic for any
 // G. Short rows (7x7 maps) spend most of their time in loop set-up, the horizontal sum and
 // the add chain of a single row; G independent rows per loop overlap all three.
-template <int G, typename scalar_t, size_t NR, typename Map>
+template <int G, bool kPrefetch = false, typename scalar_t, size_t NR, typename Map>
 inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const std::array<int64_t, NR>& row_stride,
                              int64_t r, const RowTail<scalar_t>& tail, acc_type<scalar_t>* out, int64_t out_stride,
-                             const Map& map) {
+                             const Map& map, int64_t prefetch_rows = 0) {
   using L = Lanes<scalar_t>;
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
@@ -734,7 +750,12 @@ inline void reduce_row_group(const std::array<const scalar_t*, NR>& in, const st
   }
   for (int64_t i = 0; i < full; i += L::kStep) {
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) reduce_step<scalar_t, NR>(base[g], i, map, acc[g]);
+    for (int g = 0; g < G; ++g) {
+      if constexpr (kPrefetch) {  // see kShortRowPrefetchBytes; past the tensor never faults
+        for (size_t k = 0; k < NR; ++k) __builtin_prefetch(base[g][k] + i + prefetch_rows * row_stride[k], 0, 2);
+      }
+      reduce_step<scalar_t, NR>(base[g], i, map, acc[g]);
+    }
   }
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) reduce_tail<scalar_t, NR>(base[g], tail, map, acc[g]);
@@ -753,7 +774,14 @@ void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::arr
                        int64_t rows, int64_t len, acc_type<scalar_t>* out, int64_t out_stride,
                        const Map& map) {
   const RowTail<scalar_t> tail(len, !kFlatShortRows<scalar_t>);
+  const int64_t row_bytes = len * int64_t(sizeof(scalar_t));
+  const int64_t prefetch_rows = row_bytes >= kShortRowPrefetchBytes ? ceil_div(kPrefetchAheadBytes, row_bytes) : 0;
   int64_t r = 0;
+  if (prefetch_rows > 0) {
+    for (; r + kReduceRowGroup <= rows; r += kReduceRowGroup) {
+      reduce_row_group<kReduceRowGroup, true>(in, row_stride, r, tail, out, out_stride, map, prefetch_rows);
+    }
+  }
   for (; r + kReduceRowGroup <= rows; r += kReduceRowGroup) {
     reduce_row_group<kReduceRowGroup>(in, row_stride, r, tail, out, out_stride, map);
   }
@@ -774,9 +802,9 @@ void reduce_short_rows(const std::array<const scalar_t*, NR>& in, const std::arr
 // bfloat16 8x256x56x56 channels_last GCT forward 1.9-2.0 ms against 1.1-1.25 ms).
 template <size_t NR>
 constexpr int kCRowGroup = NR == 1 ? 4 : 1;
-// How far ahead reduce_c_row_group prefetches: the same channels at least this many bytes
-// of rows ahead (and at least one group of rows), into L2 (prefetcht1). Each row is a short
-// stream (1 KB at C = 256) that the hardware prefetchers barely train on. Zen 3 VM, caches
+// reduce_c_row_group prefetches the same channels kPrefetchAheadBytes of rows ahead (and at
+// least one group of rows), into L2 (prefetcht1). Each row is a short stream (1 KB at
+// C = 256) that the hardware prefetchers barely train on. Zen 3 VM, caches
 // evicted, 8x256x56x56 channels_last forward, five interleaved process pairs, 4 groups of 4
 // rows (16 KB) ahead into L1 against none: GCT float32 1.24-1.73x -> 1.30-1.42x a copy, SE
 // 1.20-1.64x -> 1.29-1.36x, GCT bfloat16 2.25-3.02x -> 1.84-1.96x. Zen 4 VM, caches evicted,
@@ -789,7 +817,6 @@ constexpr int kCRowGroup = NR == 1 ? 4 : 1;
 // into L1 from 32-128 KB ahead is evicted from the 32 KB L1 before it is used (and evicts
 // the running sums); the distance mattered little between 8 and 128 KB into L2. Zen 3 ran
 // L1 prefetches only (16 KB ahead is what it was tuned at).
-constexpr int64_t kCRowPrefetchBytes = int64_t(16) << 10;
 
 template <int G, typename scalar_t, size_t NR, typename Map>
 void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::array<int64_t, NR> row_stride,
@@ -798,7 +825,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
   using acc_t = typename L::acc_t;
   using Vacc = typename L::Vacc;
   const bool first = q0 == 0;  // the running sums start at 0: nothing to load yet
-  const int64_t ahead = std::max<int64_t>(G, ceil_div(kCRowPrefetchBytes, len * int64_t(sizeof(scalar_t))));
+  const int64_t ahead = std::max<int64_t>(G, ceil_div(kPrefetchAheadBytes, len * int64_t(sizeof(scalar_t))));
   std::array<const scalar_t*, NR> rows[G];
   for (int g = 0; g < G; ++g)
     for (size_t k = 0; k < NR; ++k) rows[g][k] = in[k] + (q0 + g) * row_stride[k];
@@ -817,7 +844,7 @@ void reduce_c_row_group(const std::array<const scalar_t*, NR> in, const std::arr
     }
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      // Prefetch the same channels `ahead` rows on, into L2 (kCRowPrefetchBytes). A prefetch
+      // Prefetch the same channels `ahead` rows on, into L2 (kPrefetchAheadBytes). A prefetch
       // past the tensor never faults.
       if constexpr (kFull) {
         for (size_t k = 0; k < NR; ++k) __builtin_prefetch(rows[g][k] + c + ahead * row_stride[k], 0, 2);
