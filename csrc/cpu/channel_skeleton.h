@@ -815,10 +815,10 @@ constexpr int kCRowGroup = NR == 1 ? 4 : 1;
 // 1.20-1.64x -> 1.29-1.36x, GCT bfloat16 2.25-3.02x -> 1.84-1.96x. Zen 4 VM, caches evicted,
 // the variants interleaved call by call in one process (GCT forward, channels_last float32,
 // ratio to a copy, two or three runs): into L1 16 rows ahead as before -> into L2 one group
-// ahead: 8x2048x7x7 1.55-1.68 -> 1.44-1.56, 8x1024x14x14 1.40-1.44 -> 1.30-1.35, 8x512x28x28
+// ahead: 8x2048x7x7 1.55-1.90 -> 1.44-1.74, 8x1024x14x14 1.40-1.44 -> 1.30-1.35, 8x512x28x28
 // 1.42-1.44 -> 1.22; 1024x14x14 bfloat16 1.68 -> 1.45-1.48; SE 8x1024x14x14 1.67-2.01 ->
 // 1.53-1.89; the backward's two inputs (GCT forward+backward, channels_last, into L2 4 rows
-// ahead) 8x512x28x28 4.15-4.67 -> 3.62-4.25, 8x2048x7x7 4.94-6.30 -> 4.74-6.12. A prefetch
+// ahead, that variant's forward one row at a time) 8x512x28x28 4.15-4.67 -> 3.62-4.25, 8x2048x7x7 4.94-6.30 -> 4.74-6.12. A prefetch
 // into L1 from 32-128 KB ahead is evicted from the 32 KB L1 before it is used (and evicts
 // the running sums); the distance mattered little between 8 and 128 KB into L2. Zen 3 ran
 // L1 prefetches only (16 KB ahead is what it was tuned at).
