@@ -4,10 +4,15 @@ code path of the CPU kernels (csrc/cpu/channel_skeleton.h):
 
   path kRowsAlongL (NCHW rows; many short rows per tile), kRowsAlongC (channels_last),
   kGeneric (spatial dims that do not merge, stride-0 gradients), both-ways-contiguous maps
-  (C = 1 or L = 1); whole samples per thread (sample_parallel) and chunks of samples shared by
-  all threads (one chunk, or several chunks of several samples: 7 samples of 1.3 MB in
-  chunks of 3, 3, 1 with 4 MB chunks); rows longer than 32768 split into L-tiles; outputs
+  (C = 1 or L = 1); whole samples per thread (sample_parallel: samples that fit a core's L2,
+  and, at 2 threads where a core has at most 1 MB of L2, larger samples an even batch of which
+  would not fit the L2s as a shared chunk: large_samples_parallel) and chunks of samples
+  shared by all threads (one chunk, or several chunks of several samples: 7 samples of 1.3 MB
+  in chunks of 3, 3, 1 with 4 MB chunks); rows longer than 32768 split into L-tiles; outputs
   >= 8 MB written with streaming stores; float32, bfloat16 (two vectors per load) and float64.
+  Which of the sample paths a shape takes depends on the thread count (1 and 3 threads share
+  chunks where 2 take large samples whole), so the comparison across counts is also one
+  between those paths.
 
 The Triton kernels (under the interpreter here, on a GPU when there is one) are checked the
 same way on small maps, with the reduction forced to split along L.
@@ -32,6 +37,8 @@ CPU_CASES = [
     ("rows_along_C-chunked", (2, 256, 40, 40), "channels_last", "channels_last", torch.bfloat16),
     ("rows_along_L-chunked", (2, 64, 64, 65), "nchw", "nchw", torch.float64),
     ("rows_along_L-several_chunks", (7, 64, 72, 72), "nchw", "nchw", torch.float32),
+    ("rows_along_L-large_samples_per_thread", (4, 64, 64, 64), "nchw", "nchw", torch.float32),
+    ("rows_along_C-large_samples_per_thread", (4, 256, 32, 32), "channels_last", "channels_last", torch.float32),
     ("generic-unmerged", (4, 8, 20, 21), "padded", "nchw", torch.float32),
     ("generic-expanded_dy", (4, 8, 20, 21), "nchw", "expanded", torch.float32),
     ("both_ways-C1", (8, 1, 32, 32), "nchw", "nchw", torch.float32),
