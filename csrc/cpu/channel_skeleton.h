@@ -372,12 +372,11 @@ inline int64_t sample_bytes_budget() {
 // The L3 bound is a constant, half the 32 MB L3 of the AMD machines: the C library's L3 size
 // is not to be trusted in these VMs (320 MB on the Zen 4 VM, whose lscpu says 32 MB).
 constexpr int64_t kLargeSamplesBytes = int64_t(16) << 20;
-inline bool large_samples_parallel(int64_t n, int64_t sample_bytes, int64_t head_bytes) {
+// chunk_n: the samples per shared chunk (Plan::chunk_n).
+inline bool large_samples_parallel(int64_t n, int64_t chunk_n, int64_t sample_bytes, int64_t head_bytes) {
   const int64_t threads = at::get_num_threads();
   if (l2_bytes() == 0 || threads < 2 || n < threads) return false;
-  const int64_t shared_chunk =
-      std::min(n, std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(sample_bytes, 1))) * sample_bytes;
-  return shared_chunk > threads * l2_bytes() && threads * (sample_bytes + head_bytes) <= kLargeSamplesBytes &&
+  return std::min(n, chunk_n) * sample_bytes > threads * l2_bytes() && threads * (sample_bytes + head_bytes) <= kLargeSamplesBytes &&
          head_bytes * 8 <= sample_bytes && (n % threads == 0 || n >= 4 * threads);
 }
 
@@ -443,7 +442,7 @@ inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_byte
   // either way, so results do not depend on it (or on the thread count).
   plan.sample_parallel =
       plan.n >= 2 && (reduce_bytes_per_sample + head_bytes_per_sample <= sample_bytes_budget() ||
-                      large_samples_parallel(plan.n, reduce_bytes_per_sample, head_bytes_per_sample));
+                      large_samples_parallel(plan.n, plan.chunk_n, reduce_bytes_per_sample, head_bytes_per_sample));
   plan.stream_stores = output_bytes >= kStreamOutputBytes;
   return plan;
 }
@@ -847,17 +846,17 @@ template <size_t NR>
 constexpr int kCRowGroup = NR == 1 ? 4 : 1;
 // reduce_c_row_group prefetches the same channels kPrefetchAheadBytes of rows ahead (and at
 // least one group of rows), into L2 (prefetcht1). Each row is a short stream (1 KB at
-// C = 256) that the hardware prefetchers barely train on. Zen 3 VM, caches
-// evicted, 8x256x56x56 channels_last forward, five interleaved process pairs, 4 groups of 4
-// rows (16 KB) ahead into L1 against none: GCT float32 1.24-1.73x -> 1.30-1.42x a copy, SE
+// C = 256) that the hardware prefetchers barely train on. Zen 3 VM, caches evicted,
+// 8x256x56x56 channels_last forward, five interleaved process pairs, 4 groups of 4 rows
+// (16 KB) ahead into L1 against none: GCT float32 1.24-1.73x -> 1.30-1.42x a copy, SE
 // 1.20-1.64x -> 1.29-1.36x, GCT bfloat16 2.25-3.02x -> 1.84-1.96x. Zen 4 VM, caches evicted,
 // the variants interleaved call by call in one process (GCT forward, channels_last float32,
 // ratio to a copy, two or three runs): into L1 16 rows ahead as before -> into L2 one group
 // ahead: 8x2048x7x7 1.55-1.90 -> 1.44-1.74, 8x1024x14x14 1.40-1.44 -> 1.30-1.35, 8x512x28x28
 // 1.42-1.44 -> 1.22; 1024x14x14 bfloat16 1.68 -> 1.45-1.48; SE 8x1024x14x14 1.67-2.01 ->
 // 1.53-1.89; the backward's two inputs (GCT forward+backward, channels_last, into L2 4 rows
-// ahead, that variant's forward one row at a time) 8x512x28x28 4.15-4.67 -> 3.62-4.25, 8x2048x7x7 4.94-6.30 -> 4.74-6.12. A prefetch
-// into L1 from 32-128 KB ahead is evicted from the 32 KB L1 before it is used (and evicts
+// ahead, that variant's forward one row at a time) 8x512x28x28 4.15-4.67 -> 3.62-4.25,
+// 8x2048x7x7 4.94-6.30 -> 4.74-6.12. A prefetch into L1 from 32-128 KB ahead is evicted from the 32 KB L1 before it is used (and evicts
 // the running sums); the distance mattered little between 8 and 128 KB into L2. Zen 3 ran
 // L1 prefetches only (16 KB ahead is what it was tuned at).
 
