@@ -216,6 +216,151 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// ---------------------------------------------------------------------------
+// Module calls: gct_module(self, x) and squeeze_excite_module(self, x), what GCT.__call__ and
+// SqueezeExcite.__call__ try first. nn.Module.__call__ (_wrapped_call_impl, _call_impl) and
+// forward's attribute lookups are Python frames that cost ~40 us per call with the caches
+// cold (gct_fused/modules.py has the figures); these read the module's attributes from its
+// __dict__ here and take the direct entries above. They answer None, for nn.Module.__call__
+// to take the call, unless the call would do nothing but forward:
+//  * self is an instance of the registered class itself (not a subclass, which may override
+//    forward, nor a parametrized module, whose class is a subclass), and `forward` is not
+//    replaced on the instance;
+//  * no forward (pre-)hook or backward (pre-)hook is registered on it or globally
+//    (torch.nn.modules.module's _global_*_hooks), and Module.compile() has not set
+//    _compiled_call_impl;
+//  * its parameters and options are where the constructor put them (in _parameters and
+//    __dict__), and the entry itself takes the call (see above).
+
+PyTypeObject* g_gct_type = nullptr;
+PyTypeObject* g_se_type = nullptr;
+PyObject* g_module_namespace = nullptr;  // torch.nn.modules.module.__dict__: the global hooks
+
+// Interned attribute names, made once by register_modules.
+struct Names {
+  PyObject *forward_hooks, *forward_pre_hooks, *backward_hooks, *backward_pre_hooks;
+  PyObject *global_forward_hooks, *global_forward_pre_hooks, *global_backward_hooks, *global_backward_pre_hooks;
+  PyObject *compiled_call_impl, *forward, *parameters, *modules;
+  PyObject *alpha, *gamma, *beta, *epsilon, *mode, *after_relu, *backend;
+  PyObject *fc1, *fc2, *weight, *bias, *activation, *gate;
+};
+Names g_names;
+
+// Whether d[key] is an empty dict (hook tables are OrderedDicts).
+bool empty_dict_at(PyObject* d, PyObject* key) {
+  PyObject* v = PyDict_GetItem(d, key);
+  return v != nullptr && PyDict_Check(v) && PyDict_GET_SIZE(v) == 0;
+}
+
+// The __dict__ of a module whose call would run nothing but forward (see above), or null.
+// A new reference.
+PyObject* plain_module_dict(PyObject* self, PyTypeObject* type) {
+  if (type == nullptr || Py_TYPE(self) != type) return nullptr;
+  PyObject* g = g_module_namespace;
+  const Names& k = g_names;
+  if (!empty_dict_at(g, k.global_forward_hooks) || !empty_dict_at(g, k.global_forward_pre_hooks) ||
+      !empty_dict_at(g, k.global_backward_hooks) || !empty_dict_at(g, k.global_backward_pre_hooks)) {
+    return nullptr;
+  }
+  PyObject* d = PyObject_GenericGetDict(self, nullptr);
+  if (d == nullptr) {
+    PyErr_Clear();
+    return nullptr;
+  }
+  PyObject* compiled = PyDict_GetItem(d, k.compiled_call_impl);  // on the instance once compile() ran
+  if (empty_dict_at(d, k.forward_hooks) && empty_dict_at(d, k.forward_pre_hooks) &&
+      empty_dict_at(d, k.backward_hooks) && empty_dict_at(d, k.backward_pre_hooks) &&
+      (compiled == nullptr || compiled == Py_None) && PyDict_GetItem(d, k.forward) == nullptr) {
+    return d;
+  }
+  Py_DECREF(d);
+  return nullptr;
+}
+
+// d[key] as a borrowed reference if d is a dict that holds it, else null.
+PyObject* item(PyObject* d, PyObject* key) { return d != nullptr && PyDict_Check(d) ? PyDict_GetItem(d, key) : nullptr; }
+
+// gct_module(self, x) -> y or None
+PyObject* gct_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return none();
+  PyObject* d = plain_module_dict(args[0], g_gct_type);
+  if (d == nullptr) return none();
+  const Names& k = g_names;
+  PyObject* params = item(d, k.parameters);
+  PyObject* call[8] = {args[1],        item(params, k.alpha),   item(params, k.gamma),      item(params, k.beta),
+                       item(d, k.epsilon), item(d, k.mode), item(d, k.after_relu), item(d, k.backend)};
+  PyObject* y = nullptr;
+  for (PyObject* a : call) {
+    if (a == nullptr) y = none();
+  }
+  if (y == nullptr) y = gct_call(nullptr, call, 8);
+  Py_DECREF(d);
+  return y;
+}
+
+// squeeze_excite_module(self, x) -> y or None (fc1, fc2: the layers' _parameters, read
+// without calling the layers, as SqueezeExcite.forward does)
+PyObject* squeeze_excite_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return none();
+  PyObject* d = plain_module_dict(args[0], g_se_type);
+  if (d == nullptr) return none();
+  const Names& k = g_names;
+  PyObject* y = nullptr;
+  PyObject* layer_params[2] = {nullptr, nullptr};
+  PyObject* submodules = item(d, k.modules);
+  PyObject* layers[2] = {item(submodules, k.fc1), item(submodules, k.fc2)};
+  for (int i = 0; i < 2; ++i) {
+    if (layers[i] == nullptr) continue;
+    PyObject* layer_dict = PyObject_GenericGetDict(layers[i], nullptr);
+    if (layer_dict == nullptr) {
+      PyErr_Clear();
+      continue;
+    }
+    layer_params[i] = item(layer_dict, k.parameters);  // kept alive by the layer, which d keeps
+    Py_DECREF(layer_dict);
+  }
+  PyObject* call[8] = {args[1], item(layer_params[0], k.weight), item(layer_params[0], k.bias),
+                       item(layer_params[1], k.weight), item(layer_params[1], k.bias), item(d, k.activation),
+                       item(d, k.gate), item(d, k.backend)};
+  for (PyObject* a : call) {
+    if (a == nullptr) y = none();
+  }
+  if (y == nullptr) y = squeeze_excite_call<false>(nullptr, call, 8);
+  Py_DECREF(d);
+  return y;
+}
+
+// register_modules(gct_class, squeeze_excite_class): the classes whose instances the module
+// calls take (gct_fused.modules registers GCT and SqueezeExcite when it is imported).
+PyObject* register_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "register_modules(gct_class, squeeze_excite_class) takes two classes");
+    return nullptr;
+  }
+  if (g_module_namespace == nullptr) {
+    PyObject* module = PyImport_ImportModule("torch.nn.modules.module");
+    if (module == nullptr) return nullptr;
+    g_module_namespace = PyModule_GetDict(module);  // borrowed from the module, kept alive below
+    Py_INCREF(g_module_namespace);
+    Py_DECREF(module);
+    auto intern = [](const char* name) { return PyUnicode_InternFromString(name); };
+    g_names = Names{intern("_forward_hooks"), intern("_forward_pre_hooks"), intern("_backward_hooks"),
+                    intern("_backward_pre_hooks"), intern("_global_forward_hooks"),
+                    intern("_global_forward_pre_hooks"), intern("_global_backward_hooks"),
+                    intern("_global_backward_pre_hooks"), intern("_compiled_call_impl"), intern("forward"),
+                    intern("_parameters"), intern("_modules"), intern("alpha"), intern("gamma"), intern("beta"),
+                    intern("epsilon"), intern("mode"), intern("after_relu"), intern("backend"), intern("fc1"),
+                    intern("fc2"), intern("weight"), intern("bias"), intern("activation"), intern("gate")};
+  }
+  Py_INCREF(args[0]);
+  Py_INCREF(args[1]);
+  Py_XDECREF(reinterpret_cast<PyObject*>(g_gct_type));
+  Py_XDECREF(reinterpret_cast<PyObject*>(g_se_type));
+  g_gct_type = reinterpret_cast<PyTypeObject*>(args[0]);
+  g_se_type = reinterpret_cast<PyTypeObject*>(args[1]);
+  Py_RETURN_NONE;
+}
+
 }  // namespace
 
 PyMethodDef kPythonCalls[] = {
@@ -237,6 +382,15 @@ PyMethodDef kPythonCalls[] = {
      METH_FASTCALL, "squeeze_excite with 1x1 convolution weights also taken (the SE drop-ins)."},
     {"se_residual_conv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_residual_call<true>)),
      METH_FASTCALL, "se_residual with 1x1 convolution weights also taken (the SE drop-ins)."},
+    {"gct_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gct_module_call)), METH_FASTCALL,
+     "gct_module(module, x): module(x) for a gct_fused.GCT whose call runs nothing but forward, "
+     "or None where nn.Module.__call__ must take the call (see csrc/python_calls.cpp)."},
+    {"squeeze_excite_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_module_call)),
+     METH_FASTCALL,
+     "squeeze_excite_module(module, x): module(x) for a gct_fused.SqueezeExcite whose call runs "
+     "nothing but forward, or None where nn.Module.__call__ must take the call."},
+    {"register_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_modules)),
+     METH_FASTCALL, "register_modules(gct_class, squeeze_excite_class): the classes the module calls take."},
     {nullptr, nullptr, 0, nullptr},
 };
 

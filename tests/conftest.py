@@ -46,7 +46,8 @@ def fused_calls(monkeypatch):
 
             def __getattr__(self, attr):
                 names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward",
-                         "squeeze_excite_conv": "se_forward", "se_residual_conv": "se_residual_forward"}
+                         "squeeze_excite_conv": "se_forward", "se_residual_conv": "se_residual_forward",
+                         "gct_module": "gct_forward", "squeeze_excite_module": "se_forward"}
                 return self._recorded(getattr(direct, attr), names[attr])
 
         monkeypatch.setattr(functional, "_DIRECT", RecordingDirect())
