@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "gct_fused/gct_math.h"
+#include "outputs.h"
 #include "param_utils.h"
 
 namespace gct_fused::cpu {
@@ -78,8 +79,8 @@ std::tuple<at::Tensor, at::Tensor> gct_forward_cpu(const at::Tensor& x, const at
   const GctMode mode = parse_gct_mode(mode_name);
   check_gct_args(x, alpha, gamma, beta);
   check_epsilon(epsilon);
-  at::Tensor y = at::empty_like(x);
-  at::Tensor stats = at::empty({x.size(0), x.size(1)}, x.options().dtype(accumulate_dtype(x.scalar_type())));
+  at::Tensor y = empty_like_map(x);
+  at::Tensor stats = empty_stats(x);
   if (stats.numel() == 0) return {y, stats};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gct_forward_cpu", [&] {
@@ -119,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gct_backward_cpu(
   check_epsilon(epsilon);
   check_same_map(x, dy, "dy");
   check_stats(x, stats, "stats");
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = empty_like_map(x);
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor dalpha, dgamma, dbeta;
 

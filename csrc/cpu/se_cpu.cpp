@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "gct_fused/pointwise.h"
+#include "outputs.h"
 #include "param_utils.h"
 
 namespace gct_fused::cpu {
@@ -380,9 +381,8 @@ std::tuple<at::Tensor, at::Tensor> se_forward_impl(const at::Tensor& x, const at
                                                    const at::Tensor& w2,
                                                    const c10::optional<at::Tensor>& b2,
                                                    Activation act, Gate gate, const Apply& apply) {
-  at::Tensor y = at::empty_like(x);
-  at::Tensor pooled =
-      at::empty({x.size(0), x.size(1)}, x.options().dtype(accumulate_dtype(x.scalar_type())));
+  at::Tensor y = empty_like_map(x);
+  at::Tensor pooled = empty_stats(x);
   if (pooled.numel() == 0) return {y, pooled};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_forward_cpu", [&] {
@@ -425,7 +425,7 @@ std::vector<at::Tensor> se_backward_impl(const std::array<const at::Tensor*, NIn
   const at::Tensor& x = *inputs[1];
   const int64_t N = x.size(0), C = x.size(1), R = w1.size(0);
   std::vector<at::Tensor> grads_out;
-  for (size_t j = 0; j < NOut; ++j) grads_out.push_back(at::empty_like(x));
+  for (size_t j = 0; j < NOut; ++j) grads_out.push_back(empty_like_map(x));
   at::Tensor dw1, db1, dw2, db2;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_backward_cpu", [&] {
