@@ -36,6 +36,7 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "library_ops.h"
 #include "op_common.h"
@@ -330,6 +331,101 @@ PyObject* squeeze_excite_module_call(PyObject*, PyObject* const* args, Py_ssize_
   return y;
 }
 
+// The SE drop-in classes (gct_fused.dropin) whose calls se_dropin_module takes: where each
+// finds its two layers (a path of submodule names, e.g. ("fc", "0")), and whether its forward
+// treats a 3-D input as one unbatched (C, H, W) map (torchvision's SqueezeExcitation), which
+// the entry then leaves to forward.
+struct DropinClass {
+  PyTypeObject* type;
+  std::vector<PyObject*> reduce_path, expand_path;
+  bool unbatched_3d;
+};
+std::vector<DropinClass> g_dropin_classes;
+PyObject *g_fused_activation = nullptr, *g_fused_gate = nullptr;
+
+// The _parameters dict of the submodule at `path` below the module whose __dict__ is d, or null.
+PyObject* parameters_at(PyObject* d, const std::vector<PyObject*>& path) {
+  PyObject* module = nullptr;
+  PyObject* dict = d;
+  Py_INCREF(dict);
+  for (PyObject* name : path) {
+    module = item(item(dict, g_names.modules), name);
+    Py_DECREF(dict);
+    if (module == nullptr) return nullptr;
+    dict = PyObject_GenericGetDict(module, nullptr);  // kept alive by its parent module
+    if (dict == nullptr) {
+      PyErr_Clear();
+      return nullptr;
+    }
+  }
+  PyObject* params = item(dict, g_names.parameters);  // kept alive by its module
+  Py_DECREF(dict);
+  return params;
+}
+
+// se_dropin_module(self, x) -> y or None: module(x) for an SE drop-in whose layers' Parameters
+// are the op's weights (1x1 convolution weights taken as matrices, as squeeze_excite_conv).
+PyObject* se_dropin_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return none();
+  const DropinClass* cls = nullptr;
+  for (const auto& c : g_dropin_classes) {
+    if (Py_TYPE(args[0]) == c.type) cls = &c;
+  }
+  if (cls == nullptr) return none();
+  if (cls->unbatched_3d) {
+    const Tensor* x = plain_tensor(args[1]);
+    if (x == nullptr || x->dim() == 3) return none();
+  }
+  PyObject* d = plain_module_dict(args[0], cls->type);
+  if (d == nullptr) return none();
+  PyObject* p1 = parameters_at(d, cls->reduce_path);
+  PyObject* p2 = parameters_at(d, cls->expand_path);
+  const Names& k = g_names;
+  PyObject* call[8] = {args[1], item(p1, k.weight), item(p1, k.bias), item(p2, k.weight), item(p2, k.bias),
+                       item(d, g_fused_activation), item(d, g_fused_gate), item(d, k.backend)};
+  PyObject* y = nullptr;
+  for (PyObject* a : call) {
+    if (a == nullptr) y = none();
+  }
+  if (y == nullptr) y = squeeze_excite_call<true>(nullptr, call, 8);
+  Py_DECREF(d);
+  return y;
+}
+
+// register_dropin(cls, reduce_path, expand_path, unbatched_3d): a drop-in class for
+// se_dropin_module (gct_fused.dropin registers its classes when it is imported); the paths
+// are tuples of str.
+PyObject* register_dropin(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  auto path_of = [](PyObject* t, std::vector<PyObject*>& out) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) == 0) return false;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); ++i) {
+      PyObject* name = PyTuple_GET_ITEM(t, i);
+      if (!PyUnicode_CheckExact(name)) return false;
+      Py_INCREF(name);
+      PyUnicode_InternInPlace(&name);
+      out.push_back(name);
+    }
+    return true;
+  };
+  DropinClass cls{nullptr, {}, {}, false};
+  if (g_module_namespace == nullptr || nargs != 4 || !PyType_Check(args[0]) || !path_of(args[1], cls.reduce_path) ||
+      !path_of(args[2], cls.expand_path) || !PyBool_Check(args[3])) {
+    PyErr_SetString(PyExc_TypeError,
+                    "register_dropin(cls, reduce_path, expand_path, unbatched_3d) takes a class, two tuples of "
+                    "str and a bool, after register_modules");
+    return nullptr;
+  }
+  Py_INCREF(args[0]);
+  cls.type = reinterpret_cast<PyTypeObject*>(args[0]);
+  cls.unbatched_3d = args[3] == Py_True;
+  if (g_fused_activation == nullptr) {
+    g_fused_activation = PyUnicode_InternFromString("fused_activation");
+    g_fused_gate = PyUnicode_InternFromString("fused_gate");
+  }
+  g_dropin_classes.push_back(std::move(cls));
+  Py_RETURN_NONE;
+}
+
 // register_modules(gct_class, squeeze_excite_class): the classes whose instances the module
 // calls take (gct_fused.modules registers GCT and SqueezeExcite when it is imported).
 PyObject* register_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
@@ -389,6 +485,14 @@ PyMethodDef kPythonCalls[] = {
      METH_FASTCALL,
      "squeeze_excite_module(module, x): module(x) for a gct_fused.SqueezeExcite whose call runs "
      "nothing but forward, or None where nn.Module.__call__ must take the call."},
+    {"se_dropin_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_dropin_module_call)),
+     METH_FASTCALL,
+     "se_dropin_module(module, x): module(x) for a registered SE drop-in (gct_fused.dropin) whose call "
+     "runs nothing but forward, or None where nn.Module.__call__ must take the call."},
+    {"register_dropin", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_dropin)),
+     METH_FASTCALL,
+     "register_dropin(cls, reduce_path, expand_path, unbatched_3d): an SE drop-in class for "
+     "se_dropin_module."},
     {"register_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_modules)),
      METH_FASTCALL, "register_modules(gct_class, squeeze_excite_class): the classes the module calls take."},
     {nullptr, nullptr, 0, nullptr},

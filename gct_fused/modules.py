@@ -32,7 +32,23 @@ def make_divisible(v: float, divisor: int = 8, min_value: Optional[int] = None, 
     return new_v
 
 
-class GCT(nn.Module):
+class _EntryModule(nn.Module):
+    """An nn.Module whose call first tries a C++ module entry: `_entry` names a function of
+    gct_fused._C taking (module, x) that runs module(x) where nn.Module.__call__ would run
+    nothing but forward, and answers None otherwise (see _module_entry). Calls with other
+    arguments, calls it declines and calls while Dynamo traces take nn.Module.__call__."""
+
+    _entry: str
+
+    def __call__(self, *args, **kwargs):
+        if len(args) == 1 and not kwargs and functional._DIRECT is not None and not functional._is_dynamo_compiling():
+            y = getattr(functional._DIRECT, self._entry)(self, args[0])
+            if y is not None:
+                return y
+        return nn.Module.__call__(self, *args, **kwargs)
+
+
+class GCT(_EntryModule):
     """Gated Channel Transformation, a drop-in for the official module (z-x-yang/GCT).
 
     Parameters alpha, gamma, beta have shape (1, C, 1, 1) and start at 1, 0, 0 (so the
@@ -40,6 +56,8 @@ class GCT(nn.Module):
     checkpoints load unchanged, and `beta` keeps the name training scripts use to exclude
     it from weight decay. Accepts (N, C, *spatial) input; see gct_fused.gct for the math.
     """
+
+    _entry = "gct_module"
 
     def __init__(self, num_channels: int, epsilon: float = 1e-5, mode: str = "l2",
                  after_relu: bool = False, backend: str = "auto"):
@@ -55,14 +73,6 @@ class GCT(nn.Module):
         self.mode = mode
         self.after_relu = after_relu
         self.backend = backend
-
-    def __call__(self, *args, **kwargs):
-        # module(x) where the call would run nothing but forward: see _module_entry.
-        if len(args) == 1 and not kwargs and functional._DIRECT is not None and not functional._is_dynamo_compiling():
-            y = functional._DIRECT.gct_module(self, args[0])
-            if y is not None:
-                return y
-        return nn.Module.__call__(self, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The common call goes straight to the C++ entry (functional._DIRECT, looked up here
@@ -86,7 +96,7 @@ class GCT(nn.Module):
                 f"after_relu={self.after_relu}, backend={self.backend!r}")
 
 
-class SqueezeExcite(nn.Module):
+class SqueezeExcite(_EntryModule):
     """Squeeze-and-Excitation: y = x * gate(fc2(act(fc1(mean_spatial(x))))).
 
     fc1 = Linear(channels, rd_channels) and fc2 = Linear(rd_channels, channels), with bias
@@ -95,6 +105,8 @@ class SqueezeExcite(nn.Module):
     make_divisible(channels * rd_ratio, 8, round_limit=0). activation: "relu" | "silu";
     gate: "sigmoid" | "hardsigmoid". Accepts (N, C, *spatial) input in any memory format.
     """
+
+    _entry = "squeeze_excite_module"
 
     def __init__(self, channels: int, rd_channels: Optional[int] = None, rd_ratio: float = 1 / 16,
                  activation: str = "relu", gate: str = "sigmoid", bias: bool = True,
@@ -114,14 +126,6 @@ class SqueezeExcite(nn.Module):
         self.activation = activation
         self.gate = gate
         self.backend = backend
-
-    def __call__(self, *args, **kwargs):
-        # As GCT.__call__ (see _module_entry).
-        if len(args) == 1 and not kwargs and functional._DIRECT is not None and not functional._is_dynamo_compiling():
-            y = functional._DIRECT.squeeze_excite_module(self, args[0])
-            if y is not None:
-                return y
-        return nn.Module.__call__(self, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As GCT.forward: straight to the C++ entry where it takes the call. A bias that is

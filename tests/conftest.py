@@ -47,11 +47,35 @@ def fused_calls(monkeypatch):
             def __getattr__(self, attr):
                 names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward",
                          "squeeze_excite_conv": "se_forward", "se_residual_conv": "se_residual_forward",
-                         "gct_module": "gct_forward", "squeeze_excite_module": "se_forward"}
+                         "gct_module": "gct_forward", "squeeze_excite_module": "se_forward",
+                         "se_dropin_module": "se_forward"}
                 return self._recorded(getattr(direct, attr), names[attr])
 
         monkeypatch.setattr(functional, "_DIRECT", RecordingDirect())
     return calls
+
+
+@pytest.fixture
+def entry_answers(monkeypatch):
+    """[(entry name, whether it took the call)] for every call of a direct or module entry of
+    gct_fused._C (gct, squeeze_excite, ..., gct_module, se_dropin_module), in order."""
+    import gct_fused.functional as functional
+
+    direct = functional._DIRECT
+    if direct is None:
+        pytest.skip("gct_fused._C is not built")
+    answers = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            def call(*args):
+                y = getattr(direct, name)(*args)
+                answers.append((name, y is not None))
+                return y
+            return call
+
+    monkeypatch.setattr(functional, "_DIRECT", Recorder())
+    return answers
 
 
 def pytest_collection_modifyitems(config, items):

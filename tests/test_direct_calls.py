@@ -123,23 +123,7 @@ def test_modules_take_the_direct_entries(fused_calls):
 
 
 # ------------------------------------- the modules call the entries with their _parameters
-
-@pytest.fixture
-def entry_answers(monkeypatch):
-    """[(entry name, whether it took the call)] for every call of a direct entry."""
-    answers = []
-
-    class Recorder:
-        def __getattr__(self, name):
-            def call(*args):
-                y = getattr(DIRECT, name)(*args)
-                answers.append((name, y is not None))
-                return y
-            return call
-
-    monkeypatch.setattr(functional, "_DIRECT", Recorder())
-    return answers
-
+# (entry_answers: tests/conftest.py)
 
 def _gct_module(dtype):
     module = gct_fused.GCT(SHAPE[1]).to(dtype)
@@ -262,14 +246,15 @@ def _dropin(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", list(_DROPINS))
 def test_dropins_take_the_conv_weight_entries_and_equal_the_python_path(entry_answers, name, dtype, layout):
-    """The drop-ins pass their layers' Parameters (1x1 conv weights 4-D) to
-    squeeze_excite_conv / se_residual_conv: outputs and every gradient (the 4-D weights' too)
-    bit for bit what the Python path (se_weights(), flatten(1), torch.ops) gives."""
+    """The drop-ins' calls go to se_dropin_module, their forwards pass the layers' Parameters
+    (1x1 conv weights 4-D) to squeeze_excite_conv / se_residual_conv: outputs and every
+    gradient (the 4-D weights' too) bit for bit what the Python path (nn.Module.__call__,
+    se_weights(), flatten(1), torch.ops) gives."""
     module = _dropin(name, dtype)
     x = make_map(SHAPE, dtype, "cpu", layout)
     identity = make_map(SHAPE, dtype, "cpu", seed=5)
     dy = make_map(SHAPE, dtype, "cpu", seed=7)
-    calls = {"forward": (module, "squeeze_excite_conv"),
+    calls = {"call": (module, "se_dropin_module"), "forward": (module.forward, "squeeze_excite_conv"),
              "forward_residual": (lambda t: module.forward_residual(t, identity, "relu"), "se_residual_conv")}
     for what, (fn, entry) in calls.items():
         entry_answers.clear()
@@ -283,7 +268,7 @@ def test_effective_se_folds_its_weights_in_python(entry_answers):
     pass its layer's Parameters to the entry."""
     module = dropin.EffectiveSEModule(SHAPE[1])
     module(make_map(SHAPE, torch.float32, "cpu"))
-    assert entry_answers == [("squeeze_excite", True)]
+    assert entry_answers == [("se_dropin_module", False), ("squeeze_excite", True)]
 
 
 def test_public_entries_keep_2d_weights():
@@ -307,7 +292,7 @@ def test_parametrized_dropin_weight_takes_the_full_path(entry_answers):
     x = make_map(SHAPE, torch.float32, "cpu")
     parametrize.register_parametrization(module.fc1, "weight", _Doubled())
     y = module(x)
-    assert entry_answers[0] == ("squeeze_excite_conv", False)
+    assert entry_answers[:2] == [("se_dropin_module", False), ("squeeze_excite_conv", False)]
     w1 = 2 * module.fc1.parametrizations.weight.original
     assert torch.equal(y, gct_fused.squeeze_excite(x, w1.flatten(1), module.fc1.bias, module.fc2.weight.flatten(1),
                                                    module.fc2.bias))

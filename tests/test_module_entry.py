@@ -1,5 +1,6 @@
-"""The module entries (gct_fused._C.gct_module, squeeze_excite_module; csrc/python_calls.cpp),
-which GCT.__call__ and SqueezeExcite.__call__ try before nn.Module.__call__.
+"""The module entries (gct_fused._C.gct_module, squeeze_excite_module, se_dropin_module;
+csrc/python_calls.cpp), which the __call__ of GCT, SqueezeExcite and the SE drop-ins try
+before nn.Module.__call__.
 
 They must take a call only where nn.Module.__call__ would run nothing but forward, with the
 module's current parameters and options, and hand every other call back (None) so that hooks
@@ -10,33 +11,19 @@ with the Python path (gradients included) is in test_direct_calls.py.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 import gct_fused
 import gct_fused.functional as functional
+from gct_fused import dropin
 from helpers import make_map
 
 pytestmark = pytest.mark.skipif(functional._DIRECT is None, reason="gct_fused._C is not built")
 DIRECT = functional._DIRECT
 SHAPE = (2, 16, 5, 6)
-
-
-@pytest.fixture
-def answers(monkeypatch):
-    """[(entry name, whether it took the call)] for every call of a direct or module entry."""
-    seen = []
-
-    class Recorder:
-        def __getattr__(self, name):
-            def call(*args):
-                y = getattr(DIRECT, name)(*args)
-                seen.append((name, y is not None))
-                return y
-            return call
-
-    monkeypatch.setattr(functional, "_DIRECT", Recorder())
-    return seen
 
 
 def _gct():
@@ -53,7 +40,24 @@ def _se():
     return gct_fused.SqueezeExcite(SHAPE[1], 4)
 
 
-MODULES = {"gct": (_gct, "gct_module"), "se": (_se, "squeeze_excite_module")}
+def _dropin(make):
+    def build():
+        torch.manual_seed(0)
+        module = make()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.normal_(0, 0.5)
+        return module
+    return build
+
+
+MODULES = {
+    "gct": (_gct, "gct_module"),
+    "se": (_se, "squeeze_excite_module"),
+    "SEModule": (_dropin(lambda: dropin.SEModule(SHAPE[1], rd_channels=4)), "se_dropin_module"),
+    "SELayer": (_dropin(lambda: dropin.SELayer(SHAPE[1], 4)), "se_dropin_module"),  # layers at fc.0, fc.2
+    "SqueezeExcitation": (_dropin(lambda: dropin.SqueezeExcitation(SHAPE[1], 4)), "se_dropin_module"),
+}
 
 
 def _plain_call(module, x):
@@ -67,11 +71,11 @@ def _plain_call(module, x):
 
 
 @pytest.mark.parametrize("which", list(MODULES))
-def test_plain_call_is_taken(answers, which):
+def test_plain_call_is_taken(entry_answers, which):
     make, entry = MODULES[which]
     module, x = make(), make_map(SHAPE, torch.float32, "cpu")
     y = module(x)
-    assert answers == [(entry, True)]
+    assert entry_answers == [(entry, True)]
     assert torch.equal(y, _plain_call(module, x))
 
 
@@ -119,7 +123,7 @@ HOOKS = list(_hooks(None, []))
 
 @pytest.mark.parametrize("hook", HOOKS)
 @pytest.mark.parametrize("which", list(MODULES))
-def test_hooks_hand_the_call_back_and_run(answers, which, hook):
+def test_hooks_hand_the_call_back_and_run(entry_answers, which, hook):
     make, entry = MODULES[which]
     module, x = make(), make_map(SHAPE, torch.float32, "cpu")
     log = []
@@ -132,19 +136,19 @@ def test_hooks_hand_the_call_back_and_run(answers, which, hook):
             y.sum().backward()
     finally:
         handle.remove()
-    assert answers[0] == (entry, False)
+    assert entry_answers[0] == (entry, False)
     assert mark in log
     if mark == "pre":  # the hook's input reached forward
         assert torch.equal(y, _plain_call(module, 2 * x))
     elif mark.startswith("post"):  # the hook's output came back
         assert torch.equal(y, _plain_call(module, x) + 1)
-    answers.clear()
+    entry_answers.clear()
     module(x)
-    assert answers == [(entry, True)]  # taken again once the hook is gone
+    assert entry_answers == [(entry, True)]  # taken again once the hook is gone
 
 
 @pytest.mark.parametrize("which", list(MODULES))
-def test_subclass_forward_is_used(answers, which):
+def test_subclass_forward_is_used(entry_answers, which):
     make, entry = MODULES[which]
     base = type(make())
 
@@ -156,58 +160,59 @@ def test_subclass_forward_is_used(answers, which):
     doubled = Doubled.__new__(Doubled)
     doubled.__dict__.update(module.__dict__)
     y = doubled(x)
-    assert answers[0] == (entry, False)
+    assert entry_answers[0] == (entry, False)
     assert torch.equal(y, 2 * _plain_call(module, x))
 
 
 @pytest.mark.parametrize("which", list(MODULES))
-def test_forward_replaced_on_the_instance_is_used(answers, which):
+def test_forward_replaced_on_the_instance_is_used(entry_answers, which):
     make, entry = MODULES[which]
     module, x = make(), make_map(SHAPE, torch.float32, "cpu")
     module.forward = lambda t: t + 1
     assert torch.equal(module(x), x + 1)
-    assert answers == [(entry, False)]
+    assert entry_answers == [(entry, False)]
 
 
 @pytest.mark.parametrize("which", list(MODULES))
-def test_keyword_and_extra_arguments_take_nn_module_call(answers, which):
+def test_keyword_and_extra_arguments_take_nn_module_call(entry_answers, which):
     make, entry = MODULES[which]
     module, x = make(), make_map(SHAPE, torch.float32, "cpu")
-    assert torch.equal(module(x=x), _plain_call(module, x))
-    assert all(name != entry for name, _ in answers)
+    name = list(inspect.signature(module.forward).parameters)[0]  # x, or input (torchvision)
+    assert torch.equal(module(**{name: x}), _plain_call(module, x))
+    assert all(name != entry for name, _ in entry_answers)
     with pytest.raises(TypeError):
         module(x, x)
 
 
-def test_gct_options_and_parameters_read_at_call_time(answers):
+def test_gct_options_and_parameters_read_at_call_time(entry_answers):
     module, x = _gct(), make_map(SHAPE, torch.float32, "cpu")
     module.epsilon, module.mode, module.after_relu = 0.25, "l1", True
     module.alpha = torch.nn.Parameter(module.alpha.detach() * 3)
     y = module(x.relu())
-    assert answers == [("gct_module", True)]
+    assert entry_answers == [("gct_module", True)]
     want = gct_fused.reference.gct(x.relu(), module.alpha, module.gamma, module.beta, 0.25, "l1", True)
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
     assert torch.equal(y, _plain_call(module, x.relu()))
 
 
-def test_se_options_and_layers_read_at_call_time(answers):
+def test_se_options_and_layers_read_at_call_time(entry_answers):
     module, x = _se(), make_map(SHAPE, torch.float32, "cpu")
     module.activation, module.gate = "silu", "hardsigmoid"
     module.fc2 = torch.nn.Linear(4, SHAPE[1], bias=False)
     y = module(x)
-    assert answers == [("squeeze_excite_module", True)]
+    assert entry_answers == [("squeeze_excite_module", True)]
     want = gct_fused.reference.squeeze_excite(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, None,
                                               "silu", "hardsigmoid")
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
     assert torch.equal(y, _plain_call(module, x))
 
 
-def test_compiled_module_takes_nn_module_call(answers):
+def test_compiled_module_takes_nn_module_call(entry_answers):
     module, x = _gct(), make_map(SHAPE, torch.float32, "cpu")
     module.compile(backend="eager")
     assert DIRECT.gct_module(module, x) is None
     torch.testing.assert_close(module(x), _plain_call(module, x), rtol=0, atol=0)
-    assert all(name != "gct_module" or not taken for name, taken in answers)
+    assert all(name != "gct_module" or not taken for name, taken in entry_answers)
 
 
 def test_bad_input_raises_the_python_error():
@@ -234,3 +239,36 @@ def test_entries_refuse_other_objects():
     assert DIRECT.squeeze_excite_module(se, x, x) is None
     with pytest.raises(TypeError):
         DIRECT.register_modules(gct, se)  # instances, not classes
+
+
+@pytest.mark.parametrize("which", ["SEModule", "SELayer", "SqueezeExcitation"])
+def test_dropin_layers_read_at_call_time(entry_answers, which):
+    """Layers replaced after construction (here: without bias) are what the entry reads."""
+    make, entry = MODULES[which]
+    module, x = make(), make_map(SHAPE, torch.float32, "cpu")
+    reduce_path = type(module)._reduce.rsplit(".", 1)
+    parent = module.get_submodule(reduce_path[0]) if len(reduce_path) == 2 else module
+    old = getattr(parent, reduce_path[-1])
+    setattr(parent, reduce_path[-1], torch.nn.Conv2d(old.in_channels if hasattr(old, "in_channels") else old.in_features,
+                                                     4, 1, bias=False))
+    y = module(x)
+    assert entry_answers == [(entry, True)]
+    assert torch.equal(y, _plain_call(module, x))
+
+
+def test_unbatched_squeeze_excitation_goes_to_its_forward(entry_answers):
+    """torchvision's SqueezeExcitation takes an unbatched (C, H, W) map; the entry leaves it to
+    the drop-in's forward, which adds the batch dimension."""
+    module = MODULES["SqueezeExcitation"][0]()
+    # (C, H, W) with H == C: read as a batch of H maps of C channels it would be taken, wrongly
+    x = make_map((SHAPE[1], SHAPE[1], 6), torch.float32, "cpu")
+    y = module(x)
+    assert entry_answers[0] == ("se_dropin_module", False)
+    assert torch.equal(y, module(x[None])[0])
+
+
+def test_effective_se_is_not_registered():
+    module = dropin.EffectiveSEModule(SHAPE[1])
+    assert DIRECT.se_dropin_module(module, make_map(SHAPE, torch.float32, "cpu")) is None
+    with pytest.raises(TypeError):
+        DIRECT.register_dropin(dropin.SEModule, "fc1", ("fc2",), False)  # a str, not a tuple
