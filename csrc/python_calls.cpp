@@ -32,6 +32,7 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -281,6 +282,20 @@ PyObject* plain_module_dict(PyObject* self, PyTypeObject* type) {
 // d[key] as a borrowed reference if d is a dict that holds it, else null.
 PyObject* item(PyObject* d, PyObject* key) { return d != nullptr && PyDict_Check(d) ? PyDict_GetItem(d, key) : nullptr; }
 
+// fn(args) for an entry's arguments read from a module's dicts: None if one is missing (null).
+// They are held (strong references) for the call: the dicts only lend them, and the op runs
+// without the GIL, while another thread could replace a parameter.
+template <size_t K>
+PyObject* call_with_held(PyObject* (*fn)(PyObject*, PyObject* const*, Py_ssize_t), PyObject* const (&args)[K]) {
+  for (PyObject* a : args) {
+    if (a == nullptr) return none();
+  }
+  for (PyObject* a : args) Py_INCREF(a);
+  PyObject* y = fn(nullptr, args, K);
+  for (PyObject* a : args) Py_DECREF(a);
+  return y;
+}
+
 // gct_module(self, x) -> y or None
 PyObject* gct_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 2) return none();
@@ -288,63 +303,17 @@ PyObject* gct_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (d == nullptr) return none();
   const Names& k = g_names;
   PyObject* params = item(d, k.parameters);
-  PyObject* call[8] = {args[1],        item(params, k.alpha),   item(params, k.gamma),      item(params, k.beta),
-                       item(d, k.epsilon), item(d, k.mode), item(d, k.after_relu), item(d, k.backend)};
-  PyObject* y = nullptr;
-  for (PyObject* a : call) {
-    if (a == nullptr) y = none();
-  }
-  if (y == nullptr) y = gct_call(nullptr, call, 8);
+  PyObject* const call[8] = {args[1],           item(params, k.alpha), item(params, k.gamma),
+                             item(params, k.beta), item(d, k.epsilon),    item(d, k.mode),
+                             item(d, k.after_relu), item(d, k.backend)};
+  PyObject* y = call_with_held(gct_call, call);
   Py_DECREF(d);
   return y;
 }
-
-// squeeze_excite_module(self, x) -> y or None (fc1, fc2: the layers' _parameters, read
-// without calling the layers, as SqueezeExcite.forward does)
-PyObject* squeeze_excite_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) return none();
-  PyObject* d = plain_module_dict(args[0], g_se_type);
-  if (d == nullptr) return none();
-  const Names& k = g_names;
-  PyObject* y = nullptr;
-  PyObject* layer_params[2] = {nullptr, nullptr};
-  PyObject* submodules = item(d, k.modules);
-  PyObject* layers[2] = {item(submodules, k.fc1), item(submodules, k.fc2)};
-  for (int i = 0; i < 2; ++i) {
-    if (layers[i] == nullptr) continue;
-    PyObject* layer_dict = PyObject_GenericGetDict(layers[i], nullptr);
-    if (layer_dict == nullptr) {
-      PyErr_Clear();
-      continue;
-    }
-    layer_params[i] = item(layer_dict, k.parameters);  // kept alive by the layer, which d keeps
-    Py_DECREF(layer_dict);
-  }
-  PyObject* call[8] = {args[1], item(layer_params[0], k.weight), item(layer_params[0], k.bias),
-                       item(layer_params[1], k.weight), item(layer_params[1], k.bias), item(d, k.activation),
-                       item(d, k.gate), item(d, k.backend)};
-  for (PyObject* a : call) {
-    if (a == nullptr) y = none();
-  }
-  if (y == nullptr) y = squeeze_excite_call<false>(nullptr, call, 8);
-  Py_DECREF(d);
-  return y;
-}
-
-// The SE drop-in classes (gct_fused.dropin) whose calls se_dropin_module takes: where each
-// finds its two layers (a path of submodule names, e.g. ("fc", "0")), and whether its forward
-// treats a 3-D input as one unbatched (C, H, W) map (torchvision's SqueezeExcitation), which
-// the entry then leaves to forward.
-struct DropinClass {
-  PyTypeObject* type;
-  std::vector<PyObject*> reduce_path, expand_path;
-  bool unbatched_3d;
-};
-std::vector<DropinClass> g_dropin_classes;
-PyObject *g_fused_activation = nullptr, *g_fused_gate = nullptr;
 
 // The _parameters dict of the submodule at `path` below the module whose __dict__ is d, or null.
-PyObject* parameters_at(PyObject* d, const std::vector<PyObject*>& path) {
+template <typename Path>
+PyObject* parameters_at(PyObject* d, const Path& path) {
   PyObject* module = nullptr;
   PyObject* dict = d;
   Py_INCREF(dict);
@@ -362,6 +331,35 @@ PyObject* parameters_at(PyObject* d, const std::vector<PyObject*>& path) {
   Py_DECREF(dict);
   return params;
 }
+
+// squeeze_excite_module(self, x) -> y or None (fc1, fc2: the layers' _parameters, read
+// without calling the layers, as SqueezeExcite.forward does)
+PyObject* squeeze_excite_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) return none();
+  PyObject* d = plain_module_dict(args[0], g_se_type);
+  if (d == nullptr) return none();
+  const Names& k = g_names;
+  PyObject* layer_params[2] = {parameters_at(d, std::array<PyObject*, 1>{k.fc1}),
+                               parameters_at(d, std::array<PyObject*, 1>{k.fc2})};
+  PyObject* const call[8] = {args[1], item(layer_params[0], k.weight), item(layer_params[0], k.bias),
+                             item(layer_params[1], k.weight), item(layer_params[1], k.bias), item(d, k.activation),
+                             item(d, k.gate), item(d, k.backend)};
+  PyObject* y = call_with_held(squeeze_excite_call<false>, call);
+  Py_DECREF(d);
+  return y;
+}
+
+// The SE drop-in classes (gct_fused.dropin) whose calls se_dropin_module takes: where each
+// finds its two layers (a path of submodule names, e.g. ("fc", "0")), and whether its forward
+// treats a 3-D input as one unbatched (C, H, W) map (torchvision's SqueezeExcitation), which
+// the entry then leaves to forward.
+struct DropinClass {
+  PyTypeObject* type;
+  std::vector<PyObject*> reduce_path, expand_path;
+  bool unbatched_3d;
+};
+std::vector<DropinClass> g_dropin_classes;
+PyObject *g_fused_activation = nullptr, *g_fused_gate = nullptr;
 
 // se_dropin_module(self, x) -> y or None: module(x) for an SE drop-in whose layers' Parameters
 // are the op's weights (1x1 convolution weights taken as matrices, as squeeze_excite_conv).
@@ -381,13 +379,9 @@ PyObject* se_dropin_module_call(PyObject*, PyObject* const* args, Py_ssize_t nar
   PyObject* p1 = parameters_at(d, cls->reduce_path);
   PyObject* p2 = parameters_at(d, cls->expand_path);
   const Names& k = g_names;
-  PyObject* call[8] = {args[1], item(p1, k.weight), item(p1, k.bias), item(p2, k.weight), item(p2, k.bias),
-                       item(d, g_fused_activation), item(d, g_fused_gate), item(d, k.backend)};
-  PyObject* y = nullptr;
-  for (PyObject* a : call) {
-    if (a == nullptr) y = none();
-  }
-  if (y == nullptr) y = squeeze_excite_call<true>(nullptr, call, 8);
+  PyObject* const call[8] = {args[1], item(p1, k.weight), item(p1, k.bias), item(p2, k.weight), item(p2, k.bias),
+                             item(d, g_fused_activation), item(d, g_fused_gate), item(d, k.backend)};
+  PyObject* y = call_with_held(squeeze_excite_call<true>, call);
   Py_DECREF(d);
   return y;
 }
