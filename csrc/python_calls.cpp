@@ -32,7 +32,6 @@
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/csrc/utils/pybind.h>
 
-#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -219,13 +218,13 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // ---------------------------------------------------------------------------
-// Module calls: gct_module(self, x) and squeeze_excite_module(self, x), what GCT.__call__ and
-// SqueezeExcite.__call__ try first. nn.Module.__call__ (_wrapped_call_impl, _call_impl) and
-// forward's attribute lookups are Python frames that cost ~40 us per call with the caches
-// cold (gct_fused/modules.py has the figures); these read the module's attributes from its
-// __dict__ here and take the direct entries above. They answer None, for nn.Module.__call__
-// to take the call, unless the call would do nothing but forward:
-//  * self is an instance of the registered class itself (not a subclass, which may override
+// Module calls: gct_module(self, x) and se_module(self, x), what the __call__ of GCT,
+// SqueezeExcite and the SE drop-ins try first. nn.Module.__call__ (_wrapped_call_impl,
+// _call_impl) and forward's attribute lookups are Python frames that cost ~40 us per call with
+// the caches cold (gct_fused/modules.py has the figures); these read the module's attributes
+// from its __dict__ here and take the direct entries above. They answer None, for
+// nn.Module.__call__ to take the call, unless the call would do nothing but forward:
+//  * self is an instance of a registered class itself (not a subclass, which may override
 //    forward, nor a parametrized module, whose class is a subclass), and `forward` is not
 //    replaced on the instance;
 //  * no forward (pre-)hook or backward (pre-)hook is registered on it or globally
@@ -235,18 +234,35 @@ PyObject* se_residual_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 //    __dict__), and the entry itself takes the call (see above).
 
 PyTypeObject* g_gct_type = nullptr;
-PyTypeObject* g_se_type = nullptr;
 PyObject* g_module_namespace = nullptr;  // torch.nn.modules.module.__dict__: the global hooks
 
-// Interned attribute names, made once by register_modules.
+// Interned attribute names, made once by the first registration (init_module_calls).
 struct Names {
   PyObject *forward_hooks, *forward_pre_hooks, *backward_hooks, *backward_pre_hooks;
   PyObject *global_forward_hooks, *global_forward_pre_hooks, *global_backward_hooks, *global_backward_pre_hooks;
   PyObject *compiled_call_impl, *forward, *parameters, *modules;
-  PyObject *alpha, *gamma, *beta, *epsilon, *mode, *after_relu, *backend;
-  PyObject *fc1, *fc2, *weight, *bias, *activation, *gate;
+  PyObject *alpha, *gamma, *beta, *epsilon, *mode, *after_relu, *backend, *weight, *bias;
 };
 Names g_names;
+
+// The global hook tables and the attribute names, once; false with a Python error set.
+bool init_module_calls() {
+  if (g_module_namespace != nullptr) return true;
+  PyObject* module = PyImport_ImportModule("torch.nn.modules.module");
+  if (module == nullptr) return false;
+  g_module_namespace = PyModule_GetDict(module);  // borrowed from the module, kept alive below
+  Py_INCREF(g_module_namespace);
+  Py_DECREF(module);
+  auto intern = [](const char* name) { return PyUnicode_InternFromString(name); };
+  g_names = Names{intern("_forward_hooks"), intern("_forward_pre_hooks"), intern("_backward_hooks"),
+                  intern("_backward_pre_hooks"), intern("_global_forward_hooks"),
+                  intern("_global_forward_pre_hooks"), intern("_global_backward_hooks"),
+                  intern("_global_backward_pre_hooks"), intern("_compiled_call_impl"), intern("forward"),
+                  intern("_parameters"), intern("_modules"), intern("alpha"), intern("gamma"), intern("beta"),
+                  intern("epsilon"), intern("mode"), intern("after_relu"), intern("backend"), intern("weight"),
+                  intern("bias")};
+  return true;
+}
 
 // Whether d[key] is an empty dict (hook tables are OrderedDicts).
 bool empty_dict_at(PyObject* d, PyObject* key) {
@@ -312,13 +328,11 @@ PyObject* gct_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 // The _parameters dict of the submodule at `path` below the module whose __dict__ is d, or null.
-template <typename Path>
-PyObject* parameters_at(PyObject* d, const Path& path) {
-  PyObject* module = nullptr;
+PyObject* parameters_at(PyObject* d, const std::vector<PyObject*>& path) {
   PyObject* dict = d;
   Py_INCREF(dict);
   for (PyObject* name : path) {
-    module = item(item(dict, g_names.modules), name);
+    PyObject* module = item(item(dict, g_names.modules), name);
     Py_DECREF(dict);
     if (module == nullptr) return nullptr;
     dict = PyObject_GenericGetDict(module, nullptr);  // kept alive by its parent module
@@ -332,41 +346,26 @@ PyObject* parameters_at(PyObject* d, const Path& path) {
   return params;
 }
 
-// squeeze_excite_module(self, x) -> y or None (fc1, fc2: the layers' _parameters, read
-// without calling the layers, as SqueezeExcite.forward does)
-PyObject* squeeze_excite_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) return none();
-  PyObject* d = plain_module_dict(args[0], g_se_type);
-  if (d == nullptr) return none();
-  const Names& k = g_names;
-  PyObject* layer_params[2] = {parameters_at(d, std::array<PyObject*, 1>{k.fc1}),
-                               parameters_at(d, std::array<PyObject*, 1>{k.fc2})};
-  PyObject* const call[8] = {args[1], item(layer_params[0], k.weight), item(layer_params[0], k.bias),
-                             item(layer_params[1], k.weight), item(layer_params[1], k.bias), item(d, k.activation),
-                             item(d, k.gate), item(d, k.backend)};
-  PyObject* y = call_with_held(squeeze_excite_call<false>, call);
-  Py_DECREF(d);
-  return y;
-}
-
-// The SE drop-in classes (gct_fused.dropin) whose calls se_dropin_module takes: where each
-// finds its two layers (a path of submodule names, e.g. ("fc", "0")), and whether its forward
-// treats a 3-D input as one unbatched (C, H, W) map (torchvision's SqueezeExcitation), which
-// the entry then leaves to forward.
-struct DropinClass {
+// The SE classes whose calls se_module takes (gct_fused.SqueezeExcite and the SE drop-ins of
+// gct_fused.dropin): where each finds its two layers (a path of submodule names, e.g.
+// ("fc", "0")), which attributes hold the op's activation and gate names, whether its layers
+// may be 1x1 convolutions (their (out, in, 1, 1) weights taken as matrices, as
+// squeeze_excite_conv), and whether its forward treats a 3-D input as one unbatched (C, H, W)
+// map (torchvision's SqueezeExcitation), which the entry then leaves to forward.
+struct SeClass {
   PyTypeObject* type;
   std::vector<PyObject*> reduce_path, expand_path;
-  bool unbatched_3d;
+  PyObject *activation, *gate;
+  bool conv_weights, unbatched_3d;
 };
-std::vector<DropinClass> g_dropin_classes;
-PyObject *g_fused_activation = nullptr, *g_fused_gate = nullptr;
+std::vector<SeClass> g_se_classes;
 
-// se_dropin_module(self, x) -> y or None: module(x) for an SE drop-in whose layers' Parameters
-// are the op's weights (1x1 convolution weights taken as matrices, as squeeze_excite_conv).
-PyObject* se_dropin_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+// se_module(self, x) -> y or None: module(x) for a registered SE class, the layers'
+// Parameters read without calling the layers, as the classes' forwards do.
+PyObject* se_module_call(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 2) return none();
-  const DropinClass* cls = nullptr;
-  for (const auto& c : g_dropin_classes) {
+  const SeClass* cls = nullptr;
+  for (const auto& c : g_se_classes) {
     if (Py_TYPE(args[0]) == c.type) cls = &c;
   }
   if (cls == nullptr) return none();
@@ -380,74 +379,61 @@ PyObject* se_dropin_module_call(PyObject*, PyObject* const* args, Py_ssize_t nar
   PyObject* p2 = parameters_at(d, cls->expand_path);
   const Names& k = g_names;
   PyObject* const call[8] = {args[1], item(p1, k.weight), item(p1, k.bias), item(p2, k.weight), item(p2, k.bias),
-                             item(d, g_fused_activation), item(d, g_fused_gate), item(d, k.backend)};
-  PyObject* y = call_with_held(squeeze_excite_call<true>, call);
+                             item(d, cls->activation), item(d, cls->gate), item(d, k.backend)};
+  PyObject* y = call_with_held(cls->conv_weights ? squeeze_excite_call<true> : squeeze_excite_call<false>, call);
   Py_DECREF(d);
   return y;
 }
 
-// register_dropin(cls, reduce_path, expand_path, unbatched_3d): a drop-in class for
-// se_dropin_module (gct_fused.dropin registers its classes when it is imported); the paths
-// are tuples of str.
-PyObject* register_dropin(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  auto path_of = [](PyObject* t, std::vector<PyObject*>& out) {
+// register_se_module(cls, reduce_path, expand_path, activation_attr, gate_attr, conv_weights,
+// unbatched_3d): an SE class for se_module (gct_fused.modules and gct_fused.dropin register
+// theirs when imported); the paths are tuples of str.
+PyObject* register_se_module(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  auto interned = [](PyObject* name) {
+    Py_INCREF(name);
+    PyUnicode_InternInPlace(&name);
+    return name;
+  };
+  auto path_of = [&](PyObject* t, std::vector<PyObject*>& out) {
     if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) == 0) return false;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); ++i) {
       PyObject* name = PyTuple_GET_ITEM(t, i);
       if (!PyUnicode_CheckExact(name)) return false;
-      Py_INCREF(name);
-      PyUnicode_InternInPlace(&name);
-      out.push_back(name);
+      out.push_back(interned(name));
     }
     return true;
   };
-  DropinClass cls{nullptr, {}, {}, false};
-  if (g_module_namespace == nullptr || nargs != 4 || !PyType_Check(args[0]) || !path_of(args[1], cls.reduce_path) ||
-      !path_of(args[2], cls.expand_path) || !PyBool_Check(args[3])) {
+  SeClass cls{nullptr, {}, {}, nullptr, nullptr, false, false};
+  if (nargs != 7 || !PyType_Check(args[0]) || !path_of(args[1], cls.reduce_path) ||
+      !path_of(args[2], cls.expand_path) || !PyUnicode_CheckExact(args[3]) || !PyUnicode_CheckExact(args[4]) ||
+      !PyBool_Check(args[5]) || !PyBool_Check(args[6])) {
     PyErr_SetString(PyExc_TypeError,
-                    "register_dropin(cls, reduce_path, expand_path, unbatched_3d) takes a class, two tuples of "
-                    "str and a bool, after register_modules");
+                    "register_se_module(cls, reduce_path, expand_path, activation_attr, gate_attr, conv_weights, "
+                    "unbatched_3d) takes a class, two tuples of str, two str and two bools");
     return nullptr;
   }
+  if (!init_module_calls()) return nullptr;
   Py_INCREF(args[0]);
   cls.type = reinterpret_cast<PyTypeObject*>(args[0]);
-  cls.unbatched_3d = args[3] == Py_True;
-  if (g_fused_activation == nullptr) {
-    g_fused_activation = PyUnicode_InternFromString("fused_activation");
-    g_fused_gate = PyUnicode_InternFromString("fused_gate");
-  }
-  g_dropin_classes.push_back(std::move(cls));
+  cls.activation = interned(args[3]);
+  cls.gate = interned(args[4]);
+  cls.conv_weights = args[5] == Py_True;
+  cls.unbatched_3d = args[6] == Py_True;
+  g_se_classes.push_back(std::move(cls));
   Py_RETURN_NONE;
 }
 
-// register_modules(gct_class, squeeze_excite_class): the classes whose instances the module
-// calls take (gct_fused.modules registers GCT and SqueezeExcite when it is imported).
-PyObject* register_modules(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2 || !PyType_Check(args[0]) || !PyType_Check(args[1])) {
-    PyErr_SetString(PyExc_TypeError, "register_modules(gct_class, squeeze_excite_class) takes two classes");
+// register_gct_module(gct_class): the class whose instances gct_module takes
+// (gct_fused.modules registers GCT when it is imported).
+PyObject* register_gct_module(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 1 || !PyType_Check(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "register_gct_module(gct_class) takes a class");
     return nullptr;
   }
-  if (g_module_namespace == nullptr) {
-    PyObject* module = PyImport_ImportModule("torch.nn.modules.module");
-    if (module == nullptr) return nullptr;
-    g_module_namespace = PyModule_GetDict(module);  // borrowed from the module, kept alive below
-    Py_INCREF(g_module_namespace);
-    Py_DECREF(module);
-    auto intern = [](const char* name) { return PyUnicode_InternFromString(name); };
-    g_names = Names{intern("_forward_hooks"), intern("_forward_pre_hooks"), intern("_backward_hooks"),
-                    intern("_backward_pre_hooks"), intern("_global_forward_hooks"),
-                    intern("_global_forward_pre_hooks"), intern("_global_backward_hooks"),
-                    intern("_global_backward_pre_hooks"), intern("_compiled_call_impl"), intern("forward"),
-                    intern("_parameters"), intern("_modules"), intern("alpha"), intern("gamma"), intern("beta"),
-                    intern("epsilon"), intern("mode"), intern("after_relu"), intern("backend"), intern("fc1"),
-                    intern("fc2"), intern("weight"), intern("bias"), intern("activation"), intern("gate")};
-  }
+  if (!init_module_calls()) return nullptr;
   Py_INCREF(args[0]);
-  Py_INCREF(args[1]);
   Py_XDECREF(reinterpret_cast<PyObject*>(g_gct_type));
-  Py_XDECREF(reinterpret_cast<PyObject*>(g_se_type));
   g_gct_type = reinterpret_cast<PyTypeObject*>(args[0]);
-  g_se_type = reinterpret_cast<PyTypeObject*>(args[1]);
   Py_RETURN_NONE;
 }
 
@@ -475,20 +461,15 @@ PyMethodDef kPythonCalls[] = {
     {"gct_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gct_module_call)), METH_FASTCALL,
      "gct_module(module, x): module(x) for a gct_fused.GCT whose call runs nothing but forward, "
      "or None where nn.Module.__call__ must take the call (see csrc/python_calls.cpp)."},
-    {"squeeze_excite_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(squeeze_excite_module_call)),
+    {"se_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_module_call)), METH_FASTCALL,
+     "se_module(module, x): module(x) for a registered SE class (gct_fused.SqueezeExcite, the SE "
+     "drop-ins) whose call runs nothing but forward, or None where nn.Module.__call__ must take the call."},
+    {"register_gct_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_gct_module)),
+     METH_FASTCALL, "register_gct_module(gct_class): the class gct_module takes."},
+    {"register_se_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_se_module)),
      METH_FASTCALL,
-     "squeeze_excite_module(module, x): module(x) for a gct_fused.SqueezeExcite whose call runs "
-     "nothing but forward, or None where nn.Module.__call__ must take the call."},
-    {"se_dropin_module", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(se_dropin_module_call)),
-     METH_FASTCALL,
-     "se_dropin_module(module, x): module(x) for a registered SE drop-in (gct_fused.dropin) whose call "
-     "runs nothing but forward, or None where nn.Module.__call__ must take the call."},
-    {"register_dropin", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_dropin)),
-     METH_FASTCALL,
-     "register_dropin(cls, reduce_path, expand_path, unbatched_3d): an SE drop-in class for "
-     "se_dropin_module."},
-    {"register_modules", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(register_modules)),
-     METH_FASTCALL, "register_modules(gct_class, squeeze_excite_class): the classes the module calls take."},
+     "register_se_module(cls, reduce_path, expand_path, activation_attr, gate_attr, conv_weights, "
+     "unbatched_3d): an SE class for se_module."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -185,7 +185,7 @@ class _FusedSE(_EntryModule):
     (paths of the activation and gate modules) and _arguments (the constructor argument
     names of those parts, for error messages)."""
 
-    _entry = "se_dropin_module"  # see _register_module_entries
+    _entry = "se_module"  # see _register_module_entries
     _reduce = "fc1"
     _act = "act"
     _expand = "fc2"
@@ -657,8 +657,8 @@ class FusedLegacySEResNetBlock(_FusedSEResidualBlock):
 
 def _register_module_entries() -> None:
     """Registers the SE drop-ins whose layers' Parameters are the op's weights with the C++
-    module entry (gct_fused._C.se_dropin_module), which their call tries first: as for
-    gct_fused.GCT (modules._module_entry), it reads the layers' Parameters and the fused
+    module entry (gct_fused._C.se_module), which their call tries first: as for
+    gct_fused.SqueezeExcite (modules._module_entry), it reads the layers' Parameters and the fused
     options from the module's __dict__ and skips nn.Module.__call__'s Python frames, only where
     that call would run nothing but forward (the class itself, no hooks, no Module.compile(),
     forward not replaced). Cold, interleaved in one process (float32 NCHW, no_grad, Zen 4 VM),
@@ -672,8 +672,8 @@ def _register_module_entries() -> None:
     for cls in (SELayer, SqueezeExcitation, SEModule, EfficientNetSqueezeExcite, LegacySEModule):
         unbatched_3d = cls is SqueezeExcitation
         assert cls._weights_are_the_layers and (cls.forward is _FusedSE.forward or unbatched_3d), cls
-        functional._DIRECT.register_dropin(cls, tuple(cls._reduce.split(".")), tuple(cls._expand.split(".")),
-                                           unbatched_3d)
+        functional._DIRECT.register_se_module(cls, tuple(cls._reduce.split(".")), tuple(cls._expand.split(".")),
+                                              "fused_activation", "fused_gate", True, unbatched_3d)
 
 
 _register_module_entries()

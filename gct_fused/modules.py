@@ -106,7 +106,7 @@ class SqueezeExcite(_EntryModule):
     gate: "sigmoid" | "hardsigmoid". Accepts (N, C, *spatial) input in any memory format.
     """
 
-    _entry = "squeeze_excite_module"
+    _entry = "se_module"
 
     def __init__(self, channels: int, rd_channels: Optional[int] = None, rd_ratio: float = 1 / 16,
                  activation: str = "relu", gate: str = "sigmoid", bias: bool = True,
@@ -147,7 +147,7 @@ class SqueezeExcite(_EntryModule):
 
 def _module_entry() -> None:
     """Registers GCT and SqueezeExcite with the C++ module entries (gct_fused._C.gct_module,
-    squeeze_excite_module), which their __call__ tries first.
+    se_module), which their __call__ tries first.
 
     With the caches cold, as in a network whose other layers evicted them, a module call's
     Python frames (nn.Module.__call__, _wrapped_call_impl, _call_impl, forward and its
@@ -157,13 +157,14 @@ def _module_entry() -> None:
     8x2048x7x7 484 -> 444 us, 8x16x1x1 114 -> 71 us, 8x256x56x56 1341 -> 1292 us.
 
     The entries read the module's parameters and options from its __dict__ in C++ and run
-    the op through the same direct entry as forward. They take the call only where nn.Module.__call__ would run nothing but
-    forward: an instance of the class itself (not a subclass or a parametrized module), no
+    the op through the same direct entry as forward. They take the call only where
+    nn.Module.__call__ would run nothing but forward: an instance of the class itself (not a subclass or a parametrized module), no
     module or global hooks, no Module.compile(), forward not replaced; otherwise, and for
     every call the direct entry declines, nn.Module.__call__ runs as usual. While Dynamo
     traces, __call__ goes to nn.Module.__call__ directly."""
     if functional._DIRECT is not None:
-        functional._DIRECT.register_modules(GCT, SqueezeExcite)
+        functional._DIRECT.register_gct_module(GCT)
+        functional._DIRECT.register_se_module(SqueezeExcite, ("fc1",), ("fc2",), "activation", "gate", False, False)
 
 
 _module_entry()

@@ -47,8 +47,7 @@ def fused_calls(monkeypatch):
             def __getattr__(self, attr):
                 names = {"gct": "gct_forward", "squeeze_excite": "se_forward", "se_residual": "se_residual_forward",
                          "squeeze_excite_conv": "se_forward", "se_residual_conv": "se_residual_forward",
-                         "gct_module": "gct_forward", "squeeze_excite_module": "se_forward",
-                         "se_dropin_module": "se_forward"}
+                         "gct_module": "gct_forward", "se_module": "se_forward"}
                 return self._recorded(getattr(direct, attr), names[attr])
 
         monkeypatch.setattr(functional, "_DIRECT", RecordingDirect())
@@ -58,7 +57,7 @@ def fused_calls(monkeypatch):
 @pytest.fixture
 def entry_answers(monkeypatch):
     """[(entry name, whether it took the call)] for every call of a direct or module entry of
-    gct_fused._C (gct, squeeze_excite, ..., gct_module, se_dropin_module), in order."""
+    gct_fused._C (gct, squeeze_excite, ..., gct_module, se_module), in order."""
     import gct_fused.functional as functional
 
     direct = functional._DIRECT

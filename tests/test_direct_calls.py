@@ -163,7 +163,7 @@ def test_module_forward_takes_the_entry_and_equals_the_python_path(entry_answers
     x = make_map(SHAPE, dtype, "cpu", layout)
     dy = make_map(SHAPE, dtype, "cpu", seed=7)
     direct = _module_grads(module, x, dy)
-    assert entry_answers == [("gct_module" if isinstance(module, gct_fused.GCT) else "squeeze_excite_module", True)]
+    assert entry_answers == [("gct_module" if isinstance(module, gct_fused.GCT) else "se_module", True)]
     _assert_same_bits(direct, _through_python(_module_grads, module, x, dy), type(module).__name__)
 
 
@@ -191,7 +191,7 @@ def test_parametrized_se_bias_is_not_taken_for_no_bias(entry_answers):
     x = make_map(SHAPE, torch.float32, "cpu")
     parametrize.register_parametrization(module.fc1, "bias", _Doubled())
     y = module(x)
-    assert entry_answers[:2] == [("squeeze_excite_module", False), ("squeeze_excite", False)]
+    assert entry_answers[:2] == [("se_module", False), ("squeeze_excite", False)]
     fc1, fc2 = module.fc1, module.fc2
     want = gct_fused.squeeze_excite(x, fc1.weight, 2 * fc1.parametrizations.bias.original, fc2.weight, fc2.bias)
     assert torch.equal(y, want)
@@ -246,7 +246,7 @@ def _dropin(name, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name", list(_DROPINS))
 def test_dropins_take_the_conv_weight_entries_and_equal_the_python_path(entry_answers, name, dtype, layout):
-    """The drop-ins' calls go to se_dropin_module, their forwards pass the layers' Parameters
+    """The drop-ins' calls go to se_module, their forwards pass the layers' Parameters
     (1x1 conv weights 4-D) to squeeze_excite_conv / se_residual_conv: outputs and every
     gradient (the 4-D weights' too) bit for bit what the Python path (nn.Module.__call__,
     se_weights(), flatten(1), torch.ops) gives."""
@@ -254,7 +254,7 @@ def test_dropins_take_the_conv_weight_entries_and_equal_the_python_path(entry_an
     x = make_map(SHAPE, dtype, "cpu", layout)
     identity = make_map(SHAPE, dtype, "cpu", seed=5)
     dy = make_map(SHAPE, dtype, "cpu", seed=7)
-    calls = {"call": (module, "se_dropin_module"), "forward": (module.forward, "squeeze_excite_conv"),
+    calls = {"call": (module, "se_module"), "forward": (module.forward, "squeeze_excite_conv"),
              "forward_residual": (lambda t: module.forward_residual(t, identity, "relu"), "se_residual_conv")}
     for what, (fn, entry) in calls.items():
         entry_answers.clear()
@@ -268,7 +268,7 @@ def test_effective_se_folds_its_weights_in_python(entry_answers):
     pass its layer's Parameters to the entry."""
     module = dropin.EffectiveSEModule(SHAPE[1])
     module(make_map(SHAPE, torch.float32, "cpu"))
-    assert entry_answers == [("se_dropin_module", False), ("squeeze_excite", True)]
+    assert entry_answers == [("se_module", False), ("squeeze_excite", True)]
 
 
 def test_public_entries_keep_2d_weights():
@@ -292,7 +292,7 @@ def test_parametrized_dropin_weight_takes_the_full_path(entry_answers):
     x = make_map(SHAPE, torch.float32, "cpu")
     parametrize.register_parametrization(module.fc1, "weight", _Doubled())
     y = module(x)
-    assert entry_answers[:2] == [("se_dropin_module", False), ("squeeze_excite_conv", False)]
+    assert entry_answers[:2] == [("se_module", False), ("squeeze_excite_conv", False)]
     w1 = 2 * module.fc1.parametrizations.weight.original
     assert torch.equal(y, gct_fused.squeeze_excite(x, w1.flatten(1), module.fc1.bias, module.fc2.weight.flatten(1),
                                                    module.fc2.bias))

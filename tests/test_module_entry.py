@@ -1,4 +1,4 @@
-"""The module entries (gct_fused._C.gct_module, squeeze_excite_module, se_dropin_module;
+"""The module entries (gct_fused._C.gct_module, se_module;
 csrc/python_calls.cpp), which the __call__ of GCT, SqueezeExcite and the SE drop-ins try
 before nn.Module.__call__.
 
@@ -53,10 +53,10 @@ def _dropin(make):
 
 MODULES = {
     "gct": (_gct, "gct_module"),
-    "se": (_se, "squeeze_excite_module"),
-    "SEModule": (_dropin(lambda: dropin.SEModule(SHAPE[1], rd_channels=4)), "se_dropin_module"),
-    "SELayer": (_dropin(lambda: dropin.SELayer(SHAPE[1], 4)), "se_dropin_module"),  # layers at fc.0, fc.2
-    "SqueezeExcitation": (_dropin(lambda: dropin.SqueezeExcitation(SHAPE[1], 4)), "se_dropin_module"),
+    "se": (_se, "se_module"),
+    "SEModule": (_dropin(lambda: dropin.SEModule(SHAPE[1], rd_channels=4)), "se_module"),
+    "SELayer": (_dropin(lambda: dropin.SELayer(SHAPE[1], 4)), "se_module"),  # layers at fc.0, fc.2
+    "SqueezeExcitation": (_dropin(lambda: dropin.SqueezeExcitation(SHAPE[1], 4)), "se_module"),
 }
 
 
@@ -200,7 +200,7 @@ def test_se_options_and_layers_read_at_call_time(entry_answers):
     module.activation, module.gate = "silu", "hardsigmoid"
     module.fc2 = torch.nn.Linear(4, SHAPE[1], bias=False)
     y = module(x)
-    assert entry_answers == [("squeeze_excite_module", True)]
+    assert entry_answers == [("se_module", True)]
     want = gct_fused.reference.squeeze_excite(x, module.fc1.weight, module.fc1.bias, module.fc2.weight, None,
                                               "silu", "hardsigmoid")
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
@@ -233,12 +233,12 @@ def test_jit_trace_sees_the_module_call():
 def test_entries_refuse_other_objects():
     x = make_map(SHAPE, torch.float32, "cpu")
     gct, se = _gct(), _se()
-    assert DIRECT.gct_module(se, x) is None and DIRECT.squeeze_excite_module(gct, x) is None
+    assert DIRECT.gct_module(se, x) is None and DIRECT.se_module(gct, x) is None
     assert DIRECT.gct_module(object(), x) is None and DIRECT.gct_module(torch.nn.Identity(), x) is None
     assert DIRECT.gct_module(gct, "x") is None and DIRECT.gct_module(gct) is None
-    assert DIRECT.squeeze_excite_module(se, x, x) is None
+    assert DIRECT.se_module(se, x, x) is None
     with pytest.raises(TypeError):
-        DIRECT.register_modules(gct, se)  # instances, not classes
+        DIRECT.register_gct_module(gct)  # an instance, not a class
 
 
 @pytest.mark.parametrize("which", ["SEModule", "SELayer", "SqueezeExcitation"])
@@ -263,12 +263,13 @@ def test_unbatched_squeeze_excitation_goes_to_its_forward(entry_answers):
     # (C, H, W) with H == C: read as a batch of H maps of C channels it would be taken, wrongly
     x = make_map((SHAPE[1], SHAPE[1], 6), torch.float32, "cpu")
     y = module(x)
-    assert entry_answers[0] == ("se_dropin_module", False)
+    assert entry_answers[0] == ("se_module", False)
     assert torch.equal(y, module(x[None])[0])
 
 
 def test_effective_se_is_not_registered():
     module = dropin.EffectiveSEModule(SHAPE[1])
-    assert DIRECT.se_dropin_module(module, make_map(SHAPE, torch.float32, "cpu")) is None
+    assert DIRECT.se_module(module, make_map(SHAPE, torch.float32, "cpu")) is None
     with pytest.raises(TypeError):
-        DIRECT.register_dropin(dropin.SEModule, "fc1", ("fc2",), False)  # a str, not a tuple
+        DIRECT.register_se_module(dropin.SEModule, "fc1", ("fc2",), "fused_activation", "fused_gate", True,
+                                  False)  # a str, not a tuple
