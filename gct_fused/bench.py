@@ -13,7 +13,8 @@ over eager and over torch.compile, and the peak memory allocated during one call
 inputs. CPU timings interleave the providers repetition by repetition (so drift of a shared
 machine hits all alike) and evict the CPU caches before every timed call (--warm keeps them).
 Forward cases run with autograd off (one torch.no_grad() around all of a case's calls, as in
-inference); forward+backward cases time module(x).backward(dy). CUDA timings use triton.testing.do_bench, which flushes L2 between repetitions.
+inference); forward+backward cases time module(x).backward(dy). CUDA timings use
+triton.testing.do_bench, which flushes L2 between repetitions.
 """
 
 from __future__ import annotations
