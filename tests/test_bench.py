@@ -95,3 +95,25 @@ def test_whole_network_smoke():
 def test_whole_network_rejects_a_non_positive_count():
     proc = _script("whole_network.py", "--reps", "0")
     assert proc.returncode == 2 and "--reps: expected a positive integer, got 0" in proc.stderr
+
+
+def test_traffic_floor_smoke():
+    """benchmarks/traffic_floor.py on a small map: every callable is timed and the floor and
+    its ratios are printed for each op and layout asked for."""
+    proc = _script("traffic_floor.py", "--shape", "2x32x8x8", "--reps", "2", "--no-compile")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for op in ("gct", "se"):
+        for layout in ("nchw", "channels_last"):
+            assert f"{op} 2x32x8x8 {layout}: copy " in out, out
+    names = ["read", "write", "fwd", "bwd", "fwd+bwd"]
+    timing_lines = [line for line in out.splitlines() if line.startswith("  read ")]
+    assert len(timing_lines) == 4, out
+    for line in timing_lines:
+        assert [tok for tok in line.split() if not tok.replace(".", "").isdigit()] == names, line
+    assert out.count("floor (3 reads + 2 writes)") == 4 and "compile" not in out, out
+
+
+def test_traffic_floor_rejects_a_bad_layout():
+    proc = _script("traffic_floor.py", "--layout", "nhwc", "--no-compile")
+    assert proc.returncode == 2 and "--layout: expected a comma list of nchw, channels_last" in proc.stderr
