@@ -32,22 +32,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gct_fused.bench import Case, CacheFlush, _csv, _eager_module, _fused_module, _layout, _stable_allocator  # noqa: E402
+from gct_fused.bench import (Case, CacheFlush, _csv, _eager_module, _fused_module, _fwdbwd_call,  # noqa: E402
+                             _layout, _map_shape, _stable_allocator)
 
 LAYOUTS = ("nchw", "channels_last")
-
-
-def _fwdbwd(module, x, dy):
-    """module(x).backward(dy) with fresh gradients each call, as the benchmark times it."""
-    xg = x.detach().requires_grad_(True)
-    params = list(module.parameters())
-
-    def run():
-        xg.grad = None
-        for p in params:
-            p.grad = None
-        module(xg).backward(dy)
-    return run
 
 
 def _backward_only(module, x, dy):
@@ -90,12 +78,7 @@ def main() -> int:
                         help="comma list of nchw, channels_last (default both)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     args = parser.parse_args()
-    try:
-        shape = tuple(int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape: expected N x C x H x W such as 8x256x56x56, got {args.shape!r}")
-    if len(shape) != 4 or min(shape) < 1:
-        parser.error(f"--shape: expected four positive sizes N x C x H x W, got {args.shape!r}")
+    shape = _map_shape(parser, args.shape)
     if args.reps < 1:
         parser.error(f"--reps: expected a positive integer, got {args.reps}")
     if not args.op or any(op not in ("gct", "se") for op in args.op):
@@ -122,10 +105,10 @@ def main() -> int:
                 "write": (lambda: out.fill_(0.5), True),
                 "fwd": (lambda: fused(x), True),
                 "bwd": (_backward_only(fused, x, dy), False),
-                "fwd+bwd": (_fwdbwd(fused, x, dy), False),
+                "fwd+bwd": (_fwdbwd_call(fused, x, dy), False),
             }
             if compiled is not None:
-                fns["compile fwd+bwd"] = (_fwdbwd(compiled, x, dy), False)
+                fns["compile fwd+bwd"] = (_fwdbwd_call(compiled, x, dy), False)
             med = _time(fns, args.reps, flush)
             r = {k: v / med["copy"] for k, v in med.items()}
             floor = 3 * r["read"] + 2 * r["write"]

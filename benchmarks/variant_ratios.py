@@ -23,7 +23,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gct_fused.bench import Case, CacheFlush, _csv, _eager_module, _fused_module, _layout, _stable_allocator  # noqa: E402
+from gct_fused.bench import (Case, CacheFlush, _csv, _eager_module, _fused_module, _layout,  # noqa: E402
+                             _map_shape, _stable_allocator)
 
 LAYOUTS = ("nchw", "channels_last")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -35,12 +36,7 @@ def main() -> int:
     parser.add_argument("--shape", default="8x256x56x56", help="N x C x H x W of the map (default 8x256x56x56)")
     parser.add_argument("--op", type=_csv, default=["gct", "se"], help="comma list of gct, se (default both)")
     args = parser.parse_args()
-    try:
-        shape = tuple(int(v) for v in args.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape: expected N x C x H x W such as 8x256x56x56, got {args.shape!r}")
-    if len(shape) != 4 or min(shape) < 1:
-        parser.error(f"--shape: expected four positive sizes N x C x H x W, got {args.shape!r}")
+    shape = _map_shape(parser, args.shape)
     if not args.op or any(op not in ("gct", "se") for op in args.op):
         parser.error(f"--op: expected a comma list of gct, se, got {args.op!r}")
     _stable_allocator()

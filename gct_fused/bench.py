@@ -114,6 +114,32 @@ class Runner:
     call: Callable[[], None]
 
 
+def _fwdbwd_call(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> Callable[[], None]:
+    """module(x).backward(dy) on a leaf copy of x, with x's and the parameters' gradients
+    reset before each call (so that no call accumulates into the previous one's)."""
+    xg = x.detach().requires_grad_(True)
+    params = list(module.parameters())
+
+    def run():
+        xg.grad = None
+        for p in params:
+            p.grad = None
+        module(xg).backward(dy)
+    return run
+
+
+def _map_shape(parser: argparse.ArgumentParser, text: str) -> tuple:
+    """N x C x H x W from a string such as 8x256x56x56 (a parser error otherwise); for the
+    scripts under benchmarks/."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        parser.error(f"--shape: expected N x C x H x W such as 8x256x56x56, got {text!r}")
+    if len(shape) != 4 or min(shape) < 1:
+        parser.error(f"--shape: expected four positive sizes N x C x H x W, got {text!r}")
+    return shape
+
+
 def _runners(case: Case, layout: str, dtype, mode: str, device, backends: List[str], compile_: bool):
     g = torch.Generator(device="cpu").manual_seed(0)
     x = _layout(torch.randn(case.shape, generator=g).to(device=device, dtype=dtype), layout)
@@ -128,16 +154,8 @@ def _runners(case: Case, layout: str, dtype, mode: str, device, backends: List[s
         if mode == "fwd":  # run under the no_grad that _measure holds around all the calls
             def run():
                 module(x)
-        else:
-            xg = x.detach().requires_grad_(True)
-            params = list(module.parameters())
-
-            def run():
-                xg.grad = None
-                for p in params:
-                    p.grad = None
-                module(xg).backward(dy)
-        return run
+            return run
+        return _fwdbwd_call(module, x, dy)
 
     runners = [Runner("copy", lambda: x.clone())]
     runners += [Runner(name, make(module)) for name, module in modules.items()]
