@@ -14,7 +14,10 @@ inputs. CPU timings interleave the providers repetition by repetition (so drift 
 machine hits all alike) and evict the CPU caches before every timed call (--warm keeps them).
 Forward cases run with autograd off (one torch.no_grad() around all of a case's calls, as in
 inference); forward+backward cases time module(x).backward(dy). CUDA timings use
-triton.testing.do_bench, which flushes L2 between repetitions.
+triton.testing.do_bench, which flushes L2 between repetitions. The run ends with a summary per
+fused backend (in how many cases it beat eager and torch.compile, the least speedup and where,
+every case it did not win, its time as a multiple of the copy per mode), also written to the
+markdown and JSON outputs.
 """
 
 from __future__ import annotations
@@ -457,6 +460,39 @@ def _cells(row: Row) -> List[str]:
     return out
 
 
+def summary(rows: List[Row]) -> List[str]:
+    """A few lines per fused backend: in how many cases it beat eager and torch.compile, the
+    least of those speedups and where, every case it lost, and its time as a multiple of the
+    copy (median and range) per mode."""
+    lines = []
+    baselines = {"eager": "speedup_vs_eager", "compile": "speedup_vs_compile"}
+    for backend in dict.fromkeys(r.provider for r in rows if r.provider not in ("copy", *baselines)):
+        mine = [r for r in rows if r.provider == backend]
+        for name, key in baselines.items():
+            timed = [r for r in mine if getattr(r, key) is not None]
+            if not timed:
+                continue
+            worst = min(timed, key=lambda r: getattr(r, key))
+            won = sum(getattr(r, key) > 1 for r in timed)
+            label = "torch.compile" if name == "compile" else name
+            line = (f"{backend}: faster than {label} in {won} of {len(timed)} cases (least "
+                    f"{getattr(worst, key):.2f}x: {_where(worst)})")
+            lost = [r for r in timed if getattr(r, key) <= 1]
+            if lost:
+                line += "; not faster in " + ", ".join(f"{_where(r)} ({getattr(r, key):.2f}x)" for r in lost)
+            lines.append(line)
+        for mode in MODES:
+            ratios = sorted(r.x_copy for r in mine if r.mode == mode)
+            if ratios:
+                lines.append(f"{backend} {mode}: {statistics.median(ratios):.2f}x a copy of x (median; "
+                             f"{ratios[0]:.2f}-{ratios[-1]:.2f}x over {len(ratios)} case{'s' if len(ratios) != 1 else ''})")
+    return lines
+
+
+def _where(row: Row) -> str:
+    return f"{row.op} {row.case} {row.shape} {row.layout} {row.dtype} {row.mode}"
+
+
 def to_markdown(meta: dict, rows: List[Row]) -> str:
     lines = [f"# gct-fused benchmark: {meta['device']}", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
@@ -465,6 +501,7 @@ def to_markdown(meta: dict, rows: List[Row]) -> str:
               "`vs eager` / `vs compile`: speedup of the fused backend over the published eager module and "
               "over torch.compile of it. `peak MB`: peak allocation during one call beyond what existed "
               "before it (outputs and saved tensors included).", ""]
+    lines += ["Summary:", ""] + [f"- {line}" for line in summary(rows)] + [""]
     lines.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
@@ -609,9 +646,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, min_reps, flush)
 
     _print_table(meta, rows)
+    print("\n".join(summary(rows)))
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"metadata": meta, "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"metadata": meta, "summary": summary(rows), "rows": [asdict(r) for r in rows]}, f, indent=1)
     if args.markdown_path:
         with open(args.markdown_path, "w") as f:
             f.write(to_markdown(meta, rows))

@@ -48,9 +48,34 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
             eager = next(e for e in rows if e["provider"] == "eager" and
                          (e["op"], e["layout"], e["mode"]) == (r["op"], r["layout"], r["mode"]))
             assert r["speedup_vs_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"])
+    fused = [r for r in rows if r["provider"] == "cpu"]
+    won = sum(r["speedup_vs_eager"] > 1 for r in fused)
+    assert data["summary"][0].startswith(f"cpu: faster than eager in {won} of {len(fused)} cases (least "), data
+    assert [line.split(":")[0] for line in data["summary"][1:]] == ["cpu fwd", "cpu fwdbwd"], data["summary"]
     md = paths["md"].read_text()
     assert meta["device"] in md and "| copy |" in md.replace("  ", " ")
+    assert all(f"- {line}" in md for line in data["summary"]) and data["summary"][0] in proc.stdout
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _row(case, provider, x_copy, vs_eager=None, vs_compile=None, mode="fwd"):
+    from gct_fused.bench import Row
+    return Row("gct", case, "8x16x4x4", "nchw", "float32", mode, provider, 1.0, 0.9, 1.1, 10, 1.0, x_copy,
+               vs_eager, vs_compile, 0.1)
+
+
+def test_summary_counts_wins_names_the_least_and_every_loss():
+    from gct_fused.bench import summary
+    rows = [_row("a", "copy", 1.0), _row("a", "cpu", 1.2, 2.0, 1.5), _row("a", "eager", 2.4),
+            _row("b", "cpu", 1.8, 0.9, 1.1), _row("c", "cpu", 1.5, 1.3, 1.0, mode="fwdbwd")]
+    lines = summary(rows)
+    assert lines[0] == ("cpu: faster than eager in 2 of 3 cases (least 0.90x: gct b 8x16x4x4 nchw float32 fwd); "
+                        "not faster in gct b 8x16x4x4 nchw float32 fwd (0.90x)")
+    assert lines[1] == ("cpu: faster than torch.compile in 2 of 3 cases (least 1.00x: gct c 8x16x4x4 nchw float32 "
+                        "fwdbwd); not faster in gct c 8x16x4x4 nchw float32 fwdbwd (1.00x)")
+    assert lines[2] == "cpu fwd: 1.50x a copy of x (median; 1.20-1.80x over 2 cases)"
+    assert lines[3] == "cpu fwdbwd: 1.50x a copy of x (median; 1.50-1.50x over 1 case)"
+    assert len(lines) == 4
 
 
 def test_backend_that_cannot_run_is_an_error():
