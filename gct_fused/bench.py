@@ -646,10 +646,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             rows += _measure(c, layout, dt, mode, device, backends, compile_, min_time, min_reps, flush)
 
     _print_table(meta, rows)
-    print("\n".join(summary(rows)))
+    summary_lines = summary(rows)
+    print("\n".join(summary_lines))
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"metadata": meta, "summary": summary(rows), "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"metadata": meta, "summary": summary_lines, "rows": [asdict(r) for r in rows]}, f, indent=1)
     if args.markdown_path:
         with open(args.markdown_path, "w") as f:
             f.write(to_markdown(meta, rows))
