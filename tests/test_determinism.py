@@ -192,3 +192,16 @@ def test_several_chunks_match_the_reference(layout):
                             [x, *make_gct_params(64, torch.float32, "cpu")], dy, torch.float32, "gct")
     check_against_reference(lambda *t: gct_fused.squeeze_excite(*t, backend="cpu"), reference.squeeze_excite,
                             [x, *make_se_params(64, 8, torch.float32, "cpu")], dy, torch.float32, "se")
+
+
+def test_se_heavy_head_chunks_match_the_reference():
+    """SE weights heavy enough that the chunks grow to four times the head's bytes
+    (csrc/cpu/channel_skeleton.h, chunk_bytes): C = 2048, R = 256 reads 8 MB of weights per
+    backward chunk, so the 24 samples of 1.3 MB (dy and x) go in two chunks of 12 instead
+    of eight of 3; forward (4 MB of weights, 0.66 MB samples) in one chunk of 24 instead of
+    four of 6. Gates, gradients and parameter gradients as the float64 reference's."""
+    shape = (24, 2048, 9, 9)
+    x = make_map(shape, torch.float32, "cpu")
+    dy = make_map(shape, torch.float32, "cpu", seed=3)
+    check_against_reference(lambda *t: gct_fused.squeeze_excite(*t, backend="cpu"), reference.squeeze_excite,
+                            [x, *make_se_params(2048, 256, torch.float32, "cpu")], dy, torch.float32, "se")

@@ -396,6 +396,21 @@ constexpr int64_t kGrainElems = 32768;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return b == 0 ? 0 : (a + b - 1) / b; }
 
+// The map bytes a shared chunk holds: kChunkBytes, or more where the head touches many
+// bytes itself (SE's weights), since it runs once per chunk: at least four times the
+// head's bytes, so that the head is at most a fifth of a chunk's traffic. The SE backward
+// reads its weights twice per chunk (4 MB at C = 2048, R = 128) against 4 MB of (dy, x)
+// per chunk, so a 8x2048x7x7 backward ran its head in two chunks and spent 40% of its time
+// there. Zen 4 VM, ops called directly, caches evicted, interleaved call by call in one
+// process, x copy, kChunkBytes -> this: se_backward 8x2048x7x7 5.07 -> 4.19 (channels_last
+// 4.57 -> 3.86 with twice the head), 16x2048x7x7 4.89 -> 3.87, 32x2048x7x7 3.62 -> 3.10;
+// se_forward (2 MB of weights) 16x2048x7x7 1.96 -> 1.68, 8x and 32x unchanged. (8 MB
+// chunks for every op measured no better on the ops with light heads, and were slower
+// on the Xeon; see kChunkBytes.)
+inline int64_t chunk_bytes(int64_t head_bytes) {
+  return std::max(kChunkBytes, std::min(kLargeSamplesBytes, 4 * head_bytes));
+}
+
 // Builds the plan for tensors described by `views`; `reduce_bytes_per_sample` is
 // the bytes per sample the reduce stage reads (what a chunk must keep in cache) and
 // `head_bytes_per_sample` what the head touches per sample (e.g. the SE weights,
@@ -437,7 +452,7 @@ inline Plan make_plan(const std::vector<ChannelView>& views, int64_t reduce_byte
   }
   plan.tiles_c = ceil_div(plan.c, plan.tile_c);
   plan.tiles_l = ceil_div(plan.l, plan.tile_l);
-  plan.chunk_n = std::max<int64_t>(1, kChunkBytes / std::max<int64_t>(reduce_bytes_per_sample, 1));
+  plan.chunk_n = std::max<int64_t>(1, chunk_bytes(head_bytes_per_sample) / std::max<int64_t>(reduce_bytes_per_sample, 1));
   // The choice only moves work between threads: every value is computed the same way
   // either way, so results do not depend on it (or on the thread count).
   plan.sample_parallel =
