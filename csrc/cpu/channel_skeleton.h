@@ -404,9 +404,10 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return b == 0 ? 0 : (a + b - 1) 
 // there. Zen 4 VM, ops called directly, caches evicted, interleaved call by call in one
 // process, x copy, kChunkBytes -> this: se_backward 8x2048x7x7 5.07 -> 4.19 (channels_last
 // 4.57 -> 3.86 with twice the head), 16x2048x7x7 4.89 -> 3.87, 32x2048x7x7 3.62 -> 3.10;
-// se_forward (2 MB of weights) 16x2048x7x7 1.96 -> 1.68, 8x and 32x unchanged. (8 MB
-// chunks for every op measured no better on the ops with light heads, and were slower
-// on the Xeon; see kChunkBytes.)
+// se_forward (2 MB of weights) 16x2048x7x7 1.96 -> 1.68, 8x and 32x unchanged. Ops with
+// light heads (GCT; SE up to C = 1024 at R = C / 16) keep kChunkBytes: 8 MB chunks for
+// every op measured no better on them here and were slower on the Xeon (see kChunkBytes),
+// where this rule is unmeasured.
 inline int64_t chunk_bytes(int64_t head_bytes) {
   return std::max(kChunkBytes, std::min(kLargeSamplesBytes, 4 * head_bytes));
 }
