@@ -714,6 +714,21 @@ constexpr int64_t kPrefetchAheadBytes = int64_t(16) << 10;
 // measured, nor any of this on an AVX2 machine).
 constexpr int64_t kShortRowPrefetchBytes = 256;
 
+// Whether the apply takes rows of `len` elements in groups (apply_short_rows) rather than
+// one at a time: grouped rows, but only those shorter than kShortRowPrefetchBytes. A group
+// of 392-byte rows (half-precision 14x14 maps) writes and reads 4 interleaved streams that
+// the hardware prefetchers follow poorly, as in the reduce, where the prefetches fix it
+// (the apply reads its rows from cache and writes fresh lines: nothing to prefetch there).
+// Zen 4 VM, NCHW, caches evicted, interleaved call by call in one process, x copy, grouped
+// -> one at a time: bfloat16 GCT forward 8x1024x14x14 1.687 -> 1.482, float16 1.825 ->
+// 1.593, bfloat16 SE 1.775 -> 1.615, SE 8x672x14x14 1.744 -> 1.591, forward+backward GCT
+// 4.86 -> 4.39, SE 4.94 -> 4.74; but bfloat16 GCT 8x2048x7x7 (196-byte rows) 1.561 -> 1.663,
+// which stays grouped. Results are the same bits either way (the apply is per element).
+template <typename scalar_t>
+constexpr bool grouped_apply_rows(int64_t len) {
+  return grouped_rows<scalar_t>(len) && len * int64_t(sizeof(scalar_t)) < kShortRowPrefetchBytes;
+}
+
 // Rows reduced together: each row is one chain of dependent vector adds, and it takes
 // about eight chains in flight to cover the add latency (four left the loop
 // latency-bound on 14x14 rows).
@@ -1393,7 +1408,7 @@ void apply_tile(const Plan& plan, const InStreams<scalar_t, NIn>& in, const OutS
     apply_flat_rows<scalar_t, NIn, NOut, NK>(src, dst, tile.c1 - tile.c0, plan.l, cf, apply, plan.stream_stores);
     return;
   }
-  if (plan.path == Path::kRowsAlongL && !plan.stream_stores && grouped_rows<scalar_t>(len)) {
+  if (plan.path == Path::kRowsAlongL && !plan.stream_stores && grouped_apply_rows<scalar_t>(len)) {
     std::array<const scalar_t*, NIn> src;
     std::array<int64_t, NIn> src_stride;
     std::array<scalar_t*, NOut> dst;
