@@ -717,10 +717,12 @@ constexpr int64_t kShortRowPrefetchBytes = 256;
 // Whether the apply takes rows of `len` elements in groups (apply_short_rows) rather than
 // one at a time: grouped rows, but only those shorter than kShortRowPrefetchBytes. A group
 // of 392-byte rows (half-precision 14x14 maps) writes 4 interleaved streams of output lines
-// (each first read from DRAM) that the hardware prefetchers follow poorly, as the grouped
-// reduce's reads were before its prefetches (see kShortRowPrefetchBytes): with the caches
-// kept warm, bfloat16 GCT forward 8x1024x14x14 took 145 us in NCHW against 126 us in
-// channels_last, cold 1.71x against 1.30x a copy.
+// (each first read from DRAM). The cost shows only with the caches cold, so it is one of
+// the access pattern, most likely the hardware prefetchers following those streams poorly
+// as they did the grouped reduce's reads before its prefetches (see kShortRowPrefetchBytes;
+// not confirmed with counters): with the caches kept warm, bfloat16 GCT forward
+// 8x1024x14x14 took 145 us in NCHW against 126 us in channels_last, cold 1.71x against
+// 1.30x a copy.
 // Zen 4 VM, NCHW, caches evicted, interleaved call by call in one process, x copy, grouped
 // -> one at a time: bfloat16 GCT forward 8x1024x14x14 1.687 -> 1.482, float16 1.825 ->
 // 1.593, bfloat16 SE 1.775 -> 1.615, SE 8x672x14x14 1.744 -> 1.591, forward+backward GCT
